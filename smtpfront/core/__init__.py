@@ -1,0 +1,1 @@
+"""The sans-IO SMTP/LMTP engine: bytes in, events out; replies in, bytes out."""

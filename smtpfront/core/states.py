@@ -1,0 +1,157 @@
+"""The SMTP/LMTP session state machine, as data.
+
+Rule: everything that decides whether a command is allowed, and where a positive reply
+takes the session, lives in this file's tables (h11 ``_state.py``, Postfix's command
+flags). The connection only looks things up here; a command's handler never checks the
+state itself.
+
+States (RFC 5321 §4.1.4, §3.3; RFC 3030; RFC 4954; RFC 3207):
+
+    PROXY      waiting for a PROXY protocol header (trusted listeners only)
+    CONNECTED  accepted; the greeting is not sent yet (bytes now are early talk)
+    INIT       greeted; no HELO/EHLO/LHLO yet
+    IDLE       after HELO/EHLO/LHLO; no mail transaction
+    MAIL       MAIL FROM accepted
+    RCPT       at least one RCPT TO accepted
+    DATA       receiving a DATA body (after 354)
+    BDAT       receiving a BDAT chunk's octets
+    BDAT_WAIT  a non-LAST BDAT chunk was accepted; more chunks may follow
+    AUTH       inside a SASL exchange: lines are responses, not commands
+    STARTTLS   220 sent to STARTTLS; the TLS handshake is the adapter's
+    CLOSED     QUIT answered or 421 sent
+    ERROR      a fatal protocol error ended the session
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from . import replies as R
+from .replies import Reply
+
+__all__ = ["State", "Flag", "Command", "COMMANDS", "AFTER_MESSAGE", "AFTER_CHUNK", "TRANSACTION"]
+
+
+class State(enum.Enum):
+    PROXY = "PROXY"
+    CONNECTED = "CONNECTED"
+    INIT = "INIT"
+    IDLE = "IDLE"
+    MAIL = "MAIL"
+    RCPT = "RCPT"
+    DATA = "DATA"
+    BDAT = "BDAT"
+    BDAT_WAIT = "BDAT_WAIT"
+    AUTH = "AUTH"
+    STARTTLS = "STARTTLS"
+    CLOSED = "CLOSED"
+    ERROR = "ERROR"
+
+
+class Flag(enum.IntFlag):
+    """Per-command flags (Postfix smtpd.c ``SMTPD_CMD_FLAG_*``)."""
+
+    NONE = 0
+    # RFC 2920 §3.1: may only be the last command of a pipelined group.
+    LAST = enum.auto()
+    # Refused before TLS when the listener requires TLS (Postfix: not PRE_TLS).
+    NEEDS_TLS = enum.auto()
+    # Refused before AUTH when the listener requires authentication (submission).
+    NEEDS_AUTH = enum.auto()
+    # The line may be as long as an AUTH line (RFC 4954 §4: 12288 octets).
+    LONG_LINE = enum.auto()
+    # The line may carry ESMTP parameters (RFC 1869 §3 extends the 512-octet limit).
+    PARAM_LINE = enum.auto()
+    # XCLIENT/XFORWARD lines (Postfix allows 2048 octets).
+    X_LINE = enum.auto()
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One verb's row: where it is allowed and where a positive reply leads.
+
+    ``then`` is None when a positive reply leaves the state unchanged. ``refusals``
+    gives the precise 503 text for a state the verb is not allowed in.
+    """
+
+    verb: str
+    allowed: frozenset[State]
+    then: State | None
+    flags: Flag = Flag.NONE
+    refusals: Mapping[State, Reply] = field(default_factory=dict)
+
+    def refusal(self, state: State) -> Reply:
+        """The reply for this verb arriving in a state that does not allow it."""
+        return self.refusals.get(state, R.BAD_SEQUENCE)
+
+
+_S = State
+# States in which a command line (not body, not SASL) is read.
+COMMAND_STATES = frozenset({_S.INIT, _S.IDLE, _S.MAIL, _S.RCPT, _S.BDAT_WAIT})
+# States inside a mail transaction (RFC 5321 §3.3).
+TRANSACTION = frozenset({_S.MAIL, _S.RCPT, _S.BDAT_WAIT})
+_GREETED = COMMAND_STATES
+_HELLOED = frozenset({_S.IDLE, _S.MAIL, _S.RCPT, _S.BDAT_WAIT})
+_OUTSIDE_TRANSACTION = frozenset({_S.INIT, _S.IDLE})
+_NO_HELO = {_S.INIT: R.NEED_HELO}
+
+_IN_TRANSACTION = R.Reply(503, "5.5.1", "Error: MAIL transaction in progress")
+
+_TABLE = (
+    # RFC 5321 §4.1.4: HELO/EHLO may be sent at any time and reset the transaction.
+    Command("HELO", _GREETED, _S.IDLE, Flag.LAST),
+    Command("EHLO", _GREETED, _S.IDLE, Flag.LAST),
+    Command("LHLO", _GREETED, _S.IDLE, Flag.LAST),
+    Command(
+        "MAIL", frozenset({_S.IDLE}), _S.MAIL, Flag.NEEDS_TLS | Flag.NEEDS_AUTH | Flag.PARAM_LINE,
+        {_S.INIT: R.NEED_HELO, _S.MAIL: R.NESTED_MAIL, _S.RCPT: R.NESTED_MAIL, _S.BDAT_WAIT: R.NESTED_MAIL},
+    ),
+    Command(
+        "RCPT", frozenset({_S.MAIL, _S.RCPT}), _S.RCPT, Flag.NEEDS_TLS | Flag.NEEDS_AUTH | Flag.PARAM_LINE,
+        {_S.INIT: R.NEED_HELO, _S.IDLE: R.NEED_MAIL},
+    ),
+    Command(
+        "DATA", frozenset({_S.RCPT}), _S.DATA, Flag.LAST | Flag.NEEDS_TLS | Flag.NEEDS_AUTH,
+        {_S.INIT: R.NEED_HELO, _S.IDLE: R.NEED_MAIL, _S.MAIL: R.NEED_RCPT},
+    ),
+    # BDAT's positive reply comes after its chunk; the chunk's own transitions are below.
+    Command(
+        "BDAT", frozenset({_S.RCPT, _S.BDAT_WAIT}), None, Flag.NEEDS_TLS | Flag.NEEDS_AUTH,
+        {_S.INIT: R.NEED_HELO, _S.IDLE: R.NEED_MAIL, _S.MAIL: R.NEED_RCPT},
+    ),
+    Command("RSET", _GREETED, None),  # RSET's target depends on HELO; see connection
+    Command("NOOP", _GREETED, None),
+    Command("QUIT", _GREETED, _S.CLOSED),
+    Command("VRFY", _GREETED, None, Flag.NEEDS_TLS),
+    Command("HELP", _GREETED, None),
+    # RFC 3207 §4: not inside a transaction; the 220 hands the socket to the TLS layer.
+    Command(
+        "STARTTLS", _OUTSIDE_TRANSACTION, _S.STARTTLS, Flag.LAST, dict.fromkeys(TRANSACTION, _IN_TRANSACTION),
+    ),
+    # RFC 4954 §4: after EHLO, not during a transaction, at most once successfully.
+    Command(
+        "AUTH", frozenset({_S.IDLE}), _S.AUTH, Flag.LAST | Flag.LONG_LINE | Flag.NEEDS_TLS,
+        {_S.INIT: R.NEED_HELO, **{s: R.AUTH_IN_TRANSACTION for s in TRANSACTION}},
+    ),
+    # Postfix XCLIENT_README: not inside a transaction; success restarts the session (220).
+    Command(
+        "XCLIENT", _OUTSIDE_TRANSACTION, _S.INIT, Flag.LAST | Flag.X_LINE,
+        dict.fromkeys(TRANSACTION, _IN_TRANSACTION),
+    ),
+    # Postfix XFORWARD_README: before MAIL; no state change.
+    Command(
+        "XFORWARD", _HELLOED - TRANSACTION, None, Flag.X_LINE,
+        {_S.INIT: R.NEED_HELO, **dict.fromkeys(TRANSACTION, _IN_TRANSACTION)},
+    ),
+)
+
+COMMANDS: dict[bytes, Command] = {c.verb.encode(): c for c in _TABLE}
+
+# Where the session goes after the reply that ends a message (DATA end, BDAT LAST):
+# RFC 5321 §4.1.1.4 — accepted or not, the transaction is over.
+AFTER_MESSAGE = State.IDLE
+# After a positive reply to a non-LAST BDAT chunk (RFC 3030 §2); a negative reply ends
+# the transaction (AFTER_MESSAGE) and later chunks are consumed and refused.
+AFTER_CHUNK = State.BDAT_WAIT
