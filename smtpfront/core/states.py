@@ -130,9 +130,10 @@ _TABLE = (
     Command(
         "STARTTLS", _OUTSIDE_TRANSACTION, _S.STARTTLS, Flag.LAST, dict.fromkeys(TRANSACTION, _IN_TRANSACTION),
     ),
-    # RFC 4954 §4: after EHLO, not during a transaction, at most once successfully.
+    # RFC 4954 §4: after EHLO, not during a transaction, at most once successfully. The
+    # exchange runs in AUTH (334 challenges are the core's); its final reply returns to IDLE.
     Command(
-        "AUTH", frozenset({_S.IDLE}), _S.AUTH, Flag.LAST | Flag.LONG_LINE | Flag.NEEDS_TLS,
+        "AUTH", frozenset({_S.IDLE}), _S.IDLE, Flag.LAST | Flag.LONG_LINE | Flag.NEEDS_TLS,
         {_S.INIT: R.NEED_HELO, **{s: R.AUTH_IN_TRANSACTION for s in TRANSACTION}},
     ),
     # Postfix XCLIENT_README: not inside a transaction; success restarts the session (220).
