@@ -311,6 +311,8 @@ class ServerConnection:
         if command is None:
             raise LocalProtocolError(R.UNRECOGNIZED)
         self._verb = verb = command.verb
+        if verb in self.features.disabled:
+            raise LocalProtocolError(R.NOT_IMPLEMENTED)
         limits = self.limits
         flags = command.flags
         if flags & Flag.LONG_LINE:

@@ -3,8 +3,9 @@
 Rule (RFC 5321 §4.1.1.4, §4.5.2): the body starts at the beginning of a line and only
 ``CRLF "." CRLF`` ends it, under every bare-line-ending policy; the CRLF before the dot is
 the body's last line ending. A line that begins with "." had a dot added by the client, and
-that first dot is removed. Nothing else about the body is changed, except bare CR/LF under
-the "normalize" policy.
+that first dot is removed. Lines begin only after CRLF: a "." after a bare LF is content,
+under every policy. Nothing else about the body is changed, except that "normalize" turns
+each bare CR or LF into CRLF.
 
 The hot path does no per-line Python work: one precompiled ``re`` search for ``CRLF "."``
 (faster than ``bytearray.find`` on English text, see PERFORMANCE.md) and slicing around each
@@ -22,8 +23,9 @@ from .replies import BARE_LINE_ENDING_IN_DATA, MESSAGE_TOO_BIG, TEXT_LINE_TOO_LO
 
 __all__ = ["DataStreamer"]
 
-# A line that begins with "." (a stuffed line, or the terminator when "\r\n" follows).
-_DOT_LINE = re.compile(rb"\r\n\.")
+# A line that begins with "." (a stuffed line), or the terminator. Its literal prefix
+# CRLF "." lets sre scan in a tight C loop.
+_DOT_LINE = re.compile(rb"\r\n\.(?:\r\n)?")
 # A CR not followed by LF, or an LF not preceded by CR (RFC 5321 §2.3.8).
 _BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 _CR, _LF, _DOT = 0x0D, 0x0A, 0x2E
@@ -57,6 +59,12 @@ class DataStreamer:
     terminator; the caller discards the message and answers with ``error``. Within one
     ``feed`` the checks run in this order: bare line endings, long lines, size.
 
+    Args:
+        max_size: the largest body accepted, in unstuffed octets (RFC 1870 SIZE).
+        bare_line_endings: "reject" (550 5.5.2 at the end), "accept", or "normalize" to CRLF.
+        long_lines: "reject" refuses a body with a line over ``max_text_line`` octets.
+        max_text_line: the text-line limit including CRLF (RFC 5321 §4.5.3.1.6).
+
     Attributes:
         size: unstuffed body octets seen so far, counted even past ``max_size``.
         error: the reply refusing the message, or None; the first error wins.
@@ -66,6 +74,7 @@ class DataStreamer:
         "_bol",
         "_check_long",
         "_done",
+        "_inspect",
         "_line",
         "_max_line",
         "_max_size",
@@ -87,6 +96,7 @@ class DataStreamer:
         self._max_size = max_size
         self._policy = bare_line_endings
         self._check_long = long_lines == "reject"
+        self._inspect = self._check_long or bare_line_endings != "accept"  # any per-region check
         # RFC 5321 §4.5.3.1.6: 1000 octets including CRLF, not counting a stuffing dot.
         self._max_line = max_text_line
         self._bol = True  # the next byte begins a line (the body starts right after DATA's CRLF)
@@ -110,67 +120,53 @@ class DataStreamer:
             return [], 0, self._done
         start = 0  # where the pending output run begins
         dots = 0  # stuffing dots dropped in this call
-        lead = 0  # 1 when this call starts with a stuffing dot
-        finished = False
+        body_end = -1
         # RFC 5321 §4.5.2: at a line start, ".CRLF" ends the data; any other "." is stuffing.
         if self._bol and data[0] == _DOT:
             if n < 3:
                 if n == 1 or data[1] == _CR:
                     return [], 0, False  # "." or ".\r": may still become the terminator
             elif data[1] == _CR and data[2] == _LF:
-                finished = True
-            if not finished:
-                start = dots = lead = 1
+                body_end = 0
+            start = dots = 1
+        lead = dots  # a stuffing dot at data[0] (the long-line check does not count it)
         out: list[memoryview] = []
-        if finished:
-            body_end = 0
-            consumed = 3
+        if body_end == 0:
+            finished = True
+            dots = 0
         else:
+            finished = False
             search = _DOT_LINE.search
             m = search(data, start)
-            body_end = -1
             while m is not None:
-                i = m.start()
-                j = i + 3  # first byte after the dot
-                if j + 1 < n:
-                    if data[j] == _CR and data[j + 1] == _LF:
-                        body_end = i + 2  # the CRLF before the dot is the body's last line end
-                        finished = True
-                        break
-                elif j == n or data[j] == _CR:
+                i, e = m.span()
+                if e - i == 5:
+                    body_end = i + 2  # the CRLF before the dot is the body's last line end
+                    finished = True
+                    break
+                if i + 4 >= n and (e == n or data[e] == _CR):
                     body_end = i + 2  # hold back "." or ".\r": the terminator may follow
+                    self._bol = True
                     break
                 out.append(data[start : i + 2])
-                start = j  # drop the stuffing dot
+                start = e  # drop the stuffing dot
                 dots += 1
-                m = search(data, j)
-            if finished:
-                consumed = body_end + 3
-            elif body_end >= 0:
-                consumed = body_end
-            elif data[n - 1] == _CR:
-                consumed = body_end = n - 1  # a trailing CR may be the start of CRLF
+                m = search(data, e)
             else:
-                consumed = body_end = n
-            self._bol = body_end >= 2 and data[body_end - 1] == _LF and data[body_end - 2] == _CR
+                # A trailing CR is held back: it may begin the CRLF of a terminator.
+                body_end = n - 1 if data[n - 1] == _CR else n
+                self._bol = body_end >= 2 and data[body_end - 1] == _LF and data[body_end - 2] == _CR
+        consumed = body_end + 3 if finished else body_end
         if body_end > start:
             out.append(data[start:body_end])
         self.size += body_end - dots
 
         error = self.error
         if error is None:
-            policy = self._policy
-            t = data[:consumed].tobytes() if policy != "accept" or self._check_long else b""
-            if policy != "accept" and _has_bare_ending(t):
-                if policy == "reject":
-                    error = BARE_LINE_ENDING_IN_DATA
-                else:
-                    # The rare slow path: rewrite each bare CR or LF as CRLF. Slices never end
-                    # inside a CRLF pair (a trailing CR is held back), so each is done alone.
-                    out = [memoryview(_BARE.sub(b"\r\n", piece)) for piece in out]
+            if self._inspect:
+                error = self._inspect_region(data[:consumed].tobytes(), out, lead)
+                if self._policy == "normalize":
                     self.size += sum(map(len, out)) - (body_end - dots)
-            if error is None and self._check_long and self._long_line(t, lead):
-                error = TEXT_LINE_TOO_LONG
             if error is None and self.size > self._max_size:
                 # RFC 5321 §4.2.5: keep reading to the end of data, then refuse the message.
                 error = MESSAGE_TOO_BIG
@@ -179,12 +175,31 @@ class DataStreamer:
             self._done = True
         return ([] if error is not None else out), consumed, finished
 
+    def _inspect_region(self, t: bytes, out: list[memoryview], lead: int) -> Reply | None:
+        """Bare-line-ending and long-line checks over ``t``, the octets just consumed.
+
+        ``t`` can be judged on its own: it never ends with the CR of a pair split across
+        calls (a trailing CR is held back), and the region before it never ended with a
+        CR that an LF at ``t[0]`` could complete. Under "normalize" it rewrites ``out`` in
+        place instead of refusing.
+        """
+        policy = self._policy
+        if policy != "accept" and _has_bare_ending(t):
+            if policy == "reject":
+                return BARE_LINE_ENDING_IN_DATA
+            # The rare slow path: rewrite each bare CR or LF as CRLF. Slices never end
+            # inside a CRLF pair (a trailing CR is held back), so each is done alone.
+            out[:] = [memoryview(_BARE.sub(b"\r\n", piece)) for piece in out]
+        if self._check_long and self._long_line(t, lead):
+            return TEXT_LINE_TOO_LONG
+        return None
+
     def _long_line(self, t: bytes, lead_dot: int) -> bool:
         """True when a line in ``t`` exceeds ``max_text_line``; carries the open line's length.
 
         Hops from line end to line end with ``rfind`` over windows of the remaining room, so
-        the cost is one C call per ``max_text_line`` octets, not one per line. A stuffing dot
-        is not counted (RFC 5321 §4.5.3.1.6).
+        the cost is one C call per ``max_text_line`` octets, not one per line. Lines end at
+        LF (a bare CR does not end one); a stuffing dot is not counted (RFC 5321 §4.5.3.1.6).
         """
         limit = self._max_line
         n = len(t)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from .replies import Reply
 
 __all__ = [
-    "Address", "MailParams", "RcptParams", "ProxyInfo", "SaslCredentials",
+    "Address", "MailParams", "RcptParams", "Recipient", "ProxyInfo", "SaslCredentials",
     "Event", "Helo", "StartTls", "AuthCredentials", "AuthSecretNeeded",
     "MailFrom", "RcptTo", "Data", "BdatChunk",
     "BodyChunk", "BodyEnd", "Rset", "Noop", "Quit", "Vrfy", "Help", "Xclient", "Xforward",
@@ -72,6 +72,14 @@ class RcptParams:
 
     notify: tuple[str, ...] | None = None  # ("NEVER",) or a subset of SUCCESS/FAILURE/DELAY
     orcpt: tuple[str, str] | None = None  # (address type, xtext-decoded address)
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """An accepted recipient: its address (possibly rewritten by a hook) and parameters."""
+
+    address: Address
+    params: RcptParams
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ class Features:
     xclient: bool = False  # Postfix XCLIENT, offered to trusted peers only
     xforward: bool = False  # Postfix XFORWARD, offered to trusted peers only
     lmtp: bool = False  # RFC 2033: LHLO instead of HELO/EHLO, one reply per recipient
+    disabled: frozenset[str] = frozenset()  # verbs answered 502 5.5.1 (e.g. VRFY, HELP)
 
 
 @dataclass(frozen=True, slots=True)

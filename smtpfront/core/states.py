@@ -34,38 +34,40 @@ from .replies import Reply
 __all__ = ["State", "Flag", "Command", "COMMANDS", "AFTER_MESSAGE", "AFTER_CHUNK", "TRANSACTION"]
 
 
-class State(enum.Enum):
-    PROXY = "PROXY"
-    CONNECTED = "CONNECTED"
-    INIT = "INIT"
-    IDLE = "IDLE"
-    MAIL = "MAIL"
-    RCPT = "RCPT"
-    DATA = "DATA"
-    BDAT = "BDAT"
-    BDAT_WAIT = "BDAT_WAIT"
-    AUTH = "AUTH"
-    STARTTLS = "STARTTLS"
-    CLOSED = "CLOSED"
-    ERROR = "ERROR"
+class State(enum.IntEnum):
+    # IntEnum, not Enum: the hot path hashes states (``state in allowed``) and Enum's
+    # __hash__ is a Python-level call; IntEnum inherits int's.
+    PROXY = 1
+    CONNECTED = 2
+    INIT = 3
+    IDLE = 4
+    MAIL = 5
+    RCPT = 6
+    DATA = 7
+    BDAT = 8
+    BDAT_WAIT = 9
+    AUTH = 10
+    STARTTLS = 11
+    CLOSED = 12
+    ERROR = 13
 
 
-class Flag(enum.IntFlag):
-    """Per-command flags (Postfix smtpd.c ``SMTPD_CMD_FLAG_*``)."""
+class Flag:
+    """Per-command flags (Postfix smtpd.c ``SMTPD_CMD_FLAG_*``), plain ints for speed."""
 
     NONE = 0
     # RFC 2920 §3.1: may only be the last command of a pipelined group.
-    LAST = enum.auto()
+    LAST = 1 << 0
     # Refused before TLS when the listener requires TLS (Postfix: not PRE_TLS).
-    NEEDS_TLS = enum.auto()
+    NEEDS_TLS = 1 << 1
     # Refused before AUTH when the listener requires authentication (submission).
-    NEEDS_AUTH = enum.auto()
+    NEEDS_AUTH = 1 << 2
     # The line may be as long as an AUTH line (RFC 4954 §4: 12288 octets).
-    LONG_LINE = enum.auto()
+    LONG_LINE = 1 << 3
     # The line may carry ESMTP parameters (RFC 1869 §3 extends the 512-octet limit).
-    PARAM_LINE = enum.auto()
+    PARAM_LINE = 1 << 4
     # XCLIENT/XFORWARD lines (Postfix allows 2048 octets).
-    X_LINE = enum.auto()
+    X_LINE = 1 << 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +81,7 @@ class Command:
     verb: str
     allowed: frozenset[State]
     then: State | None
-    flags: Flag = Flag.NONE
+    flags: int = Flag.NONE
     refusals: Mapping[State, Reply] = field(default_factory=dict)
 
     def refusal(self, state: State) -> Reply:

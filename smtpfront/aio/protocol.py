@@ -1,0 +1,831 @@
+"""``SMTPProtocol``: the asyncio ``BufferedProtocol`` that drives one sans-IO connection.
+
+uvloop (or asyncio) reads straight into the core's receive buffer (``get_buffer``). Each
+read is turned into events; events that need no waiting are answered at once, and all
+replies produced by one read go out in one write. An event that needs a hook, the sink or
+a TLS handshake pauses reading and runs in one task per connection, which then carries on
+with whatever the client pipelined meanwhile.
+
+Rules: the core's memoryviews are only valid until the next ``next_event()``, so body
+chunks are handed to the sink synchronously; every wait has a timeout; an unexpected
+exception is logged with its traceback, answered with ``421 4.3.0``, and closes this one
+connection only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import socket
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from typing import Any, ClassVar, cast
+
+from ..core import replies as R
+from ..core.connection import NEED_DATA, PAUSED, ServerConnection
+from ..core.errors import RemoteProtocolError
+from ..core.events import (
+    Address,
+    AuthCredentials,
+    AuthSecretNeeded,
+    BdatChunk,
+    BodyChunk,
+    BodyEnd,
+    ConnectionClosed,
+    Data,
+    Event,
+    Helo,
+    Help,
+    MailFrom,
+    Noop,
+    ProxyHeader,
+    Quit,
+    RcptTo,
+    Recipient,
+    Rejected,
+    Rset,
+    StartTls,
+    Vrfy,
+    Xclient,
+    Xforward,
+)
+from ..core.replies import Reply
+from ..core.states import State
+from ..hooks import CommandContext, HookChain, Listeners, Reject, Session
+from ..sink.base import Envelope, MessageWriter, Sink, SinkError
+from .settings import ListenerSettings, in_networks
+from .tls import tls_facts
+
+__all__ = ["SMTPProtocol", "ServerState"]
+
+log = logging.getLogger(__name__)
+_ids = itertools.count(1)
+_PID = os.getpid()
+_IDLE_STATES = frozenset({State.CONNECTED, State.INIT, State.IDLE, State.PROXY})
+
+
+class ServerState:
+    """What a worker's connections share: settings, hooks, sink, the open connections."""
+
+    def __init__(self, settings: ListenerSettings, hooks: HookChain, sink: Sink, listeners: Listeners,
+                 trace: Callable[[Envelope, str], bytes]) -> None:
+        self.settings = settings
+        self.hooks = hooks
+        self.sink = sink
+        self.listeners = listeners
+        self.trace = trace  # builds the Received: header for an envelope
+        self.connections: set[SMTPProtocol] = set()
+        self.closing = False
+        self.messages_accepted = 0
+
+
+class _BodyStream:
+    """The body as an async iterator for ``on_data``, bounded (the protocol pauses past it)."""
+
+    def __init__(self, limit: int) -> None:
+        self.size = 0
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._limit = limit
+        self._done = False
+        self._wakeup = asyncio.Event()
+        self.drained = asyncio.Event()
+        self.drained.set()
+
+    def push(self, data: bytes) -> bool:
+        """Add a chunk; False when the consumer is behind (pause reading until ``drained``)."""
+        self._chunks.append(data)
+        self._buffered += len(data)
+        self.size += len(data)
+        self._wakeup.set()
+        if self._buffered > self._limit:
+            self.drained.clear()
+            return False
+        return True
+
+    def finish(self) -> None:
+        self._done = True
+        self._wakeup.set()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
+            while self._chunks:
+                chunk = self._chunks.popleft()
+                self._buffered -= len(chunk)
+                if self._buffered <= self._limit // 2:
+                    self.drained.set()
+                yield chunk
+            if self._done:
+                return
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    async def read(self) -> bytes:
+        return b"".join([chunk async for chunk in self])
+
+
+class SMTPProtocol(asyncio.BufferedProtocol):
+    """One SMTP/LMTP connection on a worker."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.settings = state.settings
+        self.hooks = state.hooks
+        self.transport: asyncio.Transport | None = None
+        self.conn: ServerConnection
+        self.session: Session
+        self.loop = asyncio.get_running_loop()
+        self._busy = False  # a task owns the connection (hook, sink, TLS)
+        self._task: asyncio.Task[None] | None = None
+        self._read_paused = False
+        self._write_paused = False
+        self._closed = False
+        self._writer: MessageWriter | None = None
+        self._stream: _BodyStream | None = None
+        self._data_task: asyncio.Task[Any] | None = None
+        self._envelope: Envelope | None = None
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._draining = False
+        self._proxy_exact = False
+
+    # -- asyncio callbacks ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = transport = cast(asyncio.Transport, transport)
+        settings, state = self.settings, self.state
+        peer = transport.get_extra_info("peername") or ("", 0)
+        local = transport.get_extra_info("sockname") or ("", 0)
+        if isinstance(peer, str):  # a UNIX socket
+            peer, local = (peer, 0), (local, 0)
+        self.session = Session(
+            id=f"{_PID:x}{next(_ids):07x}", client_address=str(peer[0]), client_port=int(peer[1]),
+            local_address=str(local[0]), local_port=int(local[1]), lmtp=settings.features.lmtp,
+        )
+        if state.closing or (settings.max_clients and len(state.connections) >= settings.max_clients):
+            transport.write(R.TOO_MANY_CONNECTIONS.encode(False) if not state.closing
+                            else R.SHUTTING_DOWN.encode(False))
+            transport.close()
+            self._closed = True
+            return
+        state.connections.add(self)
+        expect_proxy = in_networks(self.session.client_address, settings.proxy_networks)
+        self.conn = ServerConnection(
+            hostname=settings.hostname, features=settings.features_for(self.session.client_address),
+            limits=settings.limits, policies=settings.policies, buffer_size=settings.buffer_size,
+            expect_proxy=expect_proxy, tls_active=False, require_tls=settings.require_tls,
+            require_auth=settings.require_auth, auth_requires_tls=not settings.allow_insecure_auth,
+        )
+        # Implicit TLS behind a proxy: read the PROXY header exactly, so not one byte of the
+        # TLS ClientHello lands in our buffer (the TLS layer must see all of it).
+        self._proxy_exact = expect_proxy and settings.implicit_tls
+        self._arm(settings.timeouts.greeting)
+        self._emit("connect", self.session)
+        if not expect_proxy:
+            self._run(self._open_session())
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        room = self.conn.writable()
+        if self._proxy_exact:
+            have = self.conn.buffer.view()
+            return room[: _proxy_bytes_wanted(bytes(have))]
+        if not room:
+            # Cannot happen while reading is paused whenever the buffer fills (below); if it
+            # does, the octets read into the spare are lost, so the session must end.
+            self._overrun = True
+            return memoryview(bytearray(1024))
+        return room
+
+    _overrun = False
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._overrun:
+            log.error("session %s: receive buffer overrun", self.session.id)
+            self._crash()
+            return
+        self.conn.commit(nbytes)
+        if not self._busy:
+            self._pump()
+        elif not self.conn.buffer.free and not self.conn.buffer.start:
+            self._pause_reading()  # full while a task works: wait for it
+
+    def eof_received(self) -> bool | None:
+        self.conn.receive_data(b"")
+        if not self._busy:
+            self._pump()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        if self not in self.state.connections:
+            return  # refused at connect (max_clients, shutting down): no session began
+        self.state.connections.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        if self._data_task is not None and not self._data_task.done():
+            self._data_task.cancel()
+        self.loop.create_task(self._finish_session())
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if not self._busy:
+            self._resume_reading()
+
+    # -- the event loop of one connection --------------------------------------------------
+
+    def _pump(self) -> None:
+        """Handle events until the core needs bytes or a handler needs to wait."""
+        conn = self.conn
+        handled = False
+        try:
+            while not self._closed:
+                event = conn.next_event()
+                if event is NEED_DATA or event is PAUSED:
+                    break
+                handled = True
+                pending = self._HANDLERS[type(event)](self, event)
+                if pending is not None:
+                    self._run(pending)
+                    break
+        except RemoteProtocolError as exc:
+            self._emit("reject", self.session, exc.reply)
+            self._flush()
+            self._close()
+            return
+        except Exception:
+            self._crash()
+            return
+        self._flush()
+        if conn.closing:
+            self._close()
+        elif not self._busy:
+            if handled and conn.state is not State.DATA and conn.state is not State.BDAT:
+                self._touch()  # a whole command arrived: the idle clock restarts
+            self._resume_reading()
+
+    def _run(self, work: Coroutine[Any, Any, None]) -> None:
+        """Let a task own the connection until ``work`` is done, then carry on."""
+        self._busy = True
+        self._pause_reading()
+        self._deadline = float("inf")  # the client is not at fault while we work
+        self._task = self.loop.create_task(self._owned(work))
+
+    async def _owned(self, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self._crash()
+            return
+        self._busy = False
+        self._task = None
+        if self._closed:
+            return
+        self._touch()
+        self._pump()
+
+    def _crash(self) -> None:
+        """A bug: log it, tell the client to retry later, close this connection only."""
+        log.exception("unexpected error in session %s", self.session.id)
+        self._emit("error", self.session)
+        if self.transport is not None and not self._closed:
+            self._flush()
+            self.transport.write(R.Reply(421, "4.3.0", "Error: internal server error").encode(False))
+        self._close()
+
+    def _flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data and self.transport is not None and not self._closed:
+            self.transport.write(data)
+
+    def _close(self) -> None:
+        if not self._closed and self.transport is not None:
+            self._closed = True
+            self.transport.close()
+
+    def _pause_reading(self) -> None:
+        if not self._read_paused and self.transport is not None and not self._closed:
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._read_paused and not self._write_paused and not self._closed and self.transport is not None:
+            if not self.conn.writable():
+                return  # still full: the core must consume first
+            self._read_paused = False
+            self.transport.resume_reading()
+
+    # -- deadlines ---------------------------------------------------------------------
+    # One timer per connection, re-armed lazily: activity only moves ``_deadline``; when
+    # the timer fires early it re-arms for the remainder (no cancel/create per read).
+
+    def _arm(self, seconds: float) -> None:
+        self._deadline = self.loop.time() + seconds
+        if self._timer is None:
+            self._timer = self.loop.call_at(self._deadline, self._check_deadline)
+
+    def _touch(self) -> None:
+        self._arm(self.settings.timeouts.idle)
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        if self._closed:
+            return
+        now = self.loop.time()
+        if now < self._deadline:
+            if self._deadline != float("inf"):
+                self._timer = self.loop.call_at(self._deadline, self._check_deadline)
+            else:
+                self._timer = self.loop.call_later(self.settings.timeouts.idle, self._check_deadline)
+            return
+        log.info("session %s timed out in state %s", self.session.id, self.conn.state.name)
+        self._emit("reject", self.session, R.TIMEOUT)
+        self.conn.send(R.TIMEOUT)
+        self._flush()
+        self._close()
+
+    # -- session start ------------------------------------------------------------------
+
+    async def _open_session(self) -> None:
+        settings = self.settings
+        if settings.implicit_tls and settings.tls_context is not None and not await self._handshake():
+            return
+        if settings.reverse_lookup:
+            self.session.client_name = await self._reverse_lookup()
+        if settings.greeting_delay:
+            await asyncio.sleep(settings.greeting_delay)
+        reply = await self._decide("CONNECT", None, self._connect_hook)
+        self.conn.send(reply)
+        if reply.code != 220:
+            self._emit("reject", self.session, reply)
+        self._touch()
+
+    async def _connect_hook(self) -> Reply:
+        if self.hooks.implements("on_connect"):
+            result = await self._ask("on_connect", self.session)
+            if isinstance(result, Reply):
+                return result
+        if self.session.tls and self.hooks.implements("on_secure"):
+            result = await self._ask("on_secure", self.session)
+            if isinstance(result, Reply):
+                return result
+        return self.conn.greeting_reply(self.settings.banner)
+
+    async def _reverse_lookup(self) -> str | None:
+        try:
+            name, _ = await asyncio.wait_for(
+                self.loop.getnameinfo((self.session.client_address, 0), socket.NI_NAMEREQD),
+                self.settings.timeouts.reverse_lookup,
+            )
+            return str(name)
+        except (TimeoutError, OSError):
+            return None
+
+    async def _handshake(self) -> bool:
+        """Run the TLS handshake on this transport (implicit TLS or after STARTTLS)."""
+        assert self.transport is not None and self.settings.tls_context is not None
+        try:
+            new = await asyncio.wait_for(
+                self.loop.start_tls(self.transport, self, self.settings.tls_context, server_side=True),
+                self.settings.timeouts.tls_handshake,
+            )
+        except (TimeoutError, OSError, ConnectionError) as exc:
+            log.info("session %s: TLS handshake failed: %s", self.session.id, exc)
+            self._close()
+            return False
+        if new is None:
+            self._close()
+            return False
+        self.transport = new
+        self._read_paused = False
+        self._pause_reading()  # the task that owns the connection resumes when it is done
+        self.session.tls = tls_facts(new.get_extra_info("ssl_object"))
+        self._emit("secure", self.session)
+        return True
+
+    # -- decisions: middleware around hooks ------------------------------------------------
+
+    async def _decide(self, verb: str, event: object, inner: Callable[[], Awaitable[Reply]]) -> Reply:
+        """Run the middleware chain around ``inner``; Reject and timeouts become replies."""
+        chain = inner
+        for middleware in reversed(self.hooks.middleware):
+            chain = _bind(middleware, CommandContext(self.session, verb, event), chain)
+        try:
+            return await asyncio.wait_for(chain(), self.settings.timeouts.hook)
+        except Reject as exc:
+            return exc.reply
+        except TimeoutError:
+            log.warning("session %s: %s decision timed out", self.session.id, verb)
+            return R.LOCAL_ERROR
+
+    async def _ask(self, hook: str, *args: Any) -> Any:
+        try:
+            return await self.hooks.ask(hook, *args)
+        except Reject as exc:
+            return exc.reply
+
+    def _answer(self, verb: str, event: Event, default: Reply, hook: str | None, *args: Any,
+                apply: Callable[[Reply, object], None] | None = None) -> Coroutine[Any, Any, None] | None:
+        """Reply with ``default`` at once, unless a hook or middleware must be asked."""
+        if not self.hooks.middleware and (hook is None or not self.hooks.implements(hook)):
+            self.conn.send(default)
+            if apply is not None:
+                apply(default, None)
+            return None
+        return self._answer_async(verb, event, default, hook, args, apply)
+
+    async def _answer_async(self, verb: str, event: Event, default: Reply, hook: str | None,
+                            args: tuple[Any, ...], apply: Callable[[Reply, object], None] | None) -> None:
+        extra: list[object] = [None]
+
+        async def inner() -> Reply:
+            if hook is not None and self.hooks.implements(hook):
+                result = await self.hooks.ask(hook, *args)
+                if isinstance(result, Reply):
+                    return result
+                extra[0] = result
+            return default
+
+        reply = await self._decide(verb, event, inner)
+        self.conn.send(reply)
+        if not reply.is_positive:
+            self._emit("reject", self.session, reply)
+        if apply is not None:
+            apply(reply, extra[0])
+
+    # -- handlers: one per event type --------------------------------------------------------
+
+    def _on_proxy(self, event: ProxyHeader) -> Coroutine[Any, Any, None] | None:
+        info = event.info
+        self._proxy_exact = False
+        self.session.proxy = info
+        if not info.local and info.source_address is not None:
+            self.session.client_address = info.source_address
+            self.session.client_port = info.source_port or 0
+        return self._open_session()
+
+    def _on_helo(self, event: Helo) -> Coroutine[Any, Any, None] | None:
+        def apply(reply: Reply, _: object) -> None:
+            if reply.is_positive:
+                self.session.helo, self.session.esmtp = event.hostname, event.esmtp
+                self.session.reset_transaction()
+                self._emit("helo", self.session)
+
+        return self._answer(event.verb, event, self.conn.hello_reply(event), "on_helo", self.session,
+                            event.hostname, apply=apply)
+
+    def _on_mail(self, event: MailFrom) -> Coroutine[Any, Any, None] | None:
+        def apply(reply: Reply, rewritten: object) -> None:
+            if reply.is_positive:
+                self.session.mail_from = rewritten if isinstance(rewritten, Address) else event.address
+                self.session.mail_params = event.params
+
+        return self._answer("MAIL", event, R.SENDER_OK, "on_mail_from", self.session, event.address,
+                            event.params, apply=apply)
+
+    def _on_rcpt(self, event: RcptTo) -> Coroutine[Any, Any, None] | None:
+        def apply(reply: Reply, rewritten: object) -> None:
+            if reply.is_positive:
+                address = rewritten if isinstance(rewritten, Address) else event.address
+                self.session.recipients.append(Recipient(address, event.params))
+
+        return self._answer("RCPT", event, R.RECIPIENT_OK, "on_rcpt_to", self.session, event.address,
+                            event.params, apply=apply)
+
+    def _on_simple(self, event: Event) -> Coroutine[Any, Any, None] | None:
+        verb, reply = _SIMPLE[type(event)]
+        return self._answer(verb, event, reply, None, apply=self._after_rset if verb == "RSET" else None)
+
+    def _after_rset(self, reply: Reply, _: object) -> None:
+        if reply.is_positive:
+            self.session.reset_transaction()
+
+    def _on_data(self, event: Data) -> Coroutine[Any, Any, None]:
+        return self._start_message("DATA", event)
+
+    def _on_bdat(self, event: BdatChunk) -> Coroutine[Any, Any, None] | None:
+        if event.first:
+            return self._start_message("BDAT", event)
+        return None
+
+    async def _start_message(self, verb: str, event: Event) -> None:
+        """DATA or the first BDAT: ask on_data_start, open the sink, start on_data."""
+        async def inner() -> Reply:
+            if self.hooks.implements("on_data_start"):
+                result = await self.hooks.ask("on_data_start", self.session)
+                if isinstance(result, Reply):
+                    return result
+            return R.START_DATA
+
+        reply = await self._decide(verb, event, inner)
+        if reply.is_positive:
+            try:
+                envelope = self._make_envelope()
+                self._writer = await asyncio.wait_for(self.state.sink.open(envelope), self.settings.timeouts.sink)
+                self._envelope = envelope
+            except (TimeoutError, SinkError, OSError) as exc:
+                log.warning("session %s: queue refused a new message: %s", self.session.id, exc)
+                reply = R.QUEUE_UNAVAILABLE
+        if reply.is_positive and self.hooks.implements("on_data"):
+            self._stream = _BodyStream(self.settings.body_stream_limit)
+            self._data_task = self.loop.create_task(self._ask("on_data", self.session, self._stream))
+        if verb == "DATA":
+            self.conn.send(reply if not reply.is_positive or reply.code == 354 else START_DATA)
+        elif not reply.is_positive:
+            # BDAT has no reply before its chunk: remember the refusal for the chunk's end.
+            self._refusal = reply
+        self._arm(self.settings.timeouts.data)
+        if not reply.is_positive:
+            self._emit("reject", self.session, reply)
+
+    _refusal: Reply | None = None
+
+    def _make_envelope(self) -> Envelope:
+        session = self.session
+        session.transactions += 1
+        assert session.mail_from is not None and session.mail_params is not None
+        envelope = Envelope(
+            id=f"{session.id}.{session.transactions}", mail_from=session.mail_from,
+            mail_params=session.mail_params, recipients=list(session.recipients), received_at=time.time(),
+            client_address=session.client_address, client_port=session.client_port,
+            client_name=session.client_name, helo=session.helo, protocol=session.protocol, tls=session.tls,
+            user=session.user,
+        )
+        headers = "".join(f"{name}: {value}\r\n" for name, value in session.headers).encode("utf-8")
+        envelope.trace = self.state.trace(envelope, self.settings.hostname) + headers
+        return envelope
+
+    def _on_chunk(self, event: BodyChunk) -> Coroutine[Any, Any, None] | None:
+        writer = self._writer
+        if writer is not None:
+            try:
+                writer.write(event.data)
+            except SinkError as exc:
+                log.warning("session %s: queue write failed: %s", self.session.id, exc)
+                self._writer = None
+                self._refusal = R.QUEUE_UNAVAILABLE
+                self.loop.create_task(writer.abort())
+        # Extend the body deadline: each octet buys 1/min_data_rate s (slowloris defence).
+        self._deadline += len(event.data) / self.settings.timeouts.min_data_rate
+        stream = self._stream
+        if stream is not None and not stream.push(bytes(event.data)):
+            return self._wait_for_consumer(stream)  # the consumer is behind: stop reading
+        return None
+
+    async def _wait_for_consumer(self, stream: _BodyStream) -> None:
+        await asyncio.wait_for(stream.drained.wait(), self.settings.timeouts.hook)
+
+    def _on_body_end(self, event: BodyEnd) -> Coroutine[Any, Any, None]:
+        return self._end_chunk(event)
+
+    async def _end_chunk(self, event: BodyEnd) -> None:
+        conn = self.conn
+        due = conn.replies_due
+        replies = await self._message_replies(event, due)
+        for reply in replies:
+            conn.send(reply)
+        if event.last or not replies[0].is_positive:
+            self.session.reset_transaction()
+            if self._draining:
+                self.conn.send(R.SHUTTING_DOWN)
+        self._touch()
+
+    async def _message_replies(self, event: BodyEnd, due: int) -> list[Reply]:
+        """The replies that end a chunk or a message; ``due`` of them (LMTP: per recipient)."""
+        refusal = event.error or self._refusal
+        if refusal is not None or (not event.last and self._writer is None):
+            await self._abandon()
+            self._emit("reject", self.session, refusal or R.QUEUE_UNAVAILABLE)
+            return [refusal or R.QUEUE_UNAVAILABLE] * due
+        if not event.last:
+            return [Reply(250, "2.0.0", f"{event.size} octets received")]
+        decision: Reply | Sequence[Reply] | None = None
+        if self._stream is not None and self._data_task is not None:
+            self._stream.finish()
+            try:
+                decision = await asyncio.wait_for(self._data_task, self.settings.timeouts.hook)
+            except TimeoutError:
+                decision = R.LOCAL_ERROR
+        replies = _per_recipient(decision, due)
+        if not any(r.is_positive for r in replies):
+            await self._abandon()
+            return replies
+        writer, self._writer = self._writer, None
+        assert writer is not None
+        try:
+            queue_id = await asyncio.wait_for(writer.commit(), self.settings.timeouts.sink)
+        except (TimeoutError, SinkError, OSError) as exc:
+            log.warning("session %s: queue commit failed: %s", self.session.id, exc)
+            await _quietly(writer.abort())
+            return [R.QUEUE_UNAVAILABLE] * due
+        finally:
+            self._stream = self._data_task = None
+        self.state.messages_accepted += 1
+        self._emit("mail", self.session, self._envelope, queue_id)
+        ok = Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
+        return [ok if r is _ACCEPT else r for r in replies]
+
+    async def _abandon(self) -> None:
+        writer, self._writer = self._writer, None
+        self._refusal = None
+        if self._data_task is not None and not self._data_task.done():
+            self._data_task.cancel()
+        self._stream = self._data_task = None
+        if writer is not None:
+            await _quietly(writer.abort())
+
+    def _on_starttls(self, event: StartTls) -> Coroutine[Any, Any, None] | None:
+        return self._starttls(event)
+
+    async def _starttls(self, event: StartTls) -> None:
+        reply = await self._decide("STARTTLS", event, _constant(R.READY_TO_START_TLS))
+        self.conn.send(reply)
+        self._flush()
+        if not reply.is_positive:
+            return
+        if await self._handshake():
+            self.conn.tls_established()  # drops anything pipelined before the handshake
+            self.session.helo, self.session.esmtp = None, False
+            self.session.reset_transaction()
+            if self.hooks.implements("on_secure"):
+                result = await self._ask("on_secure", self.session)
+                if isinstance(result, Reply) and not result.is_positive:
+                    self.conn.send(R.Reply(421, result.enhanced, result.text))
+
+    def _on_auth(self, event: AuthCredentials) -> Coroutine[Any, Any, None]:
+        return self._auth(event)
+
+    async def _auth(self, event: AuthCredentials) -> None:
+        async def inner() -> Reply:
+            result = await self.hooks.ask("on_auth", self.session, event.credentials)
+            if isinstance(result, Reply):
+                return result
+            return R.AUTH_OK if result is True else R.AUTH_FAILED
+
+        reply = await self._decide("AUTH", event, inner)
+        if reply.code == 235:
+            self.session.user = event.credentials.authzid or event.credentials.username
+            self._emit("auth", self.session, event.credentials.username)
+        else:
+            self._emit("reject", self.session, reply)
+            await asyncio.sleep(self.settings.auth_failure_delay)
+        self.conn.send(reply)
+
+    def _on_secret(self, event: AuthSecretNeeded) -> Coroutine[Any, Any, None]:
+        return self._secret(event)
+
+    async def _secret(self, event: AuthSecretNeeded) -> None:
+        secret = await self.hooks.ask("scram_secret", self.session, event.username)
+        self.conn.supply_scram_secret(secret)
+
+    def _on_xclient(self, event: Xclient) -> Coroutine[Any, Any, None] | None:
+        def apply(reply: Reply, _: object) -> None:
+            if not reply.is_positive:
+                return
+            attrs, session = event.attributes, self.session
+            session.xclient.update(attrs)
+            if _known(attrs.get("ADDR")):
+                session.client_address = attrs["ADDR"].removeprefix("IPV6:").removeprefix("ipv6:")
+            if _known(attrs.get("PORT")) and attrs["PORT"].isdigit():
+                session.client_port = int(attrs["PORT"])
+            if _known(attrs.get("NAME")):
+                session.client_name = attrs["NAME"]
+            if _known(attrs.get("LOGIN")):
+                session.user = attrs["LOGIN"]
+            session.helo, session.esmtp = (attrs["HELO"] if _known(attrs.get("HELO")) else None), False
+            session.reset_transaction()
+
+        greeting = self.conn.greeting_reply(self.settings.banner)
+        return self._answer("XCLIENT", event, greeting, None, apply=apply)
+
+    def _on_xforward(self, event: Xforward) -> Coroutine[Any, Any, None] | None:
+        def apply(reply: Reply, _: object) -> None:
+            if reply.is_positive:
+                self.session.xforward.update(event.attributes)
+
+        return self._answer("XFORWARD", event, R.OK, None, apply=apply)
+
+    def _on_rejected(self, event: Rejected) -> None:
+        self._emit("reject", self.session, event.reply)
+
+    def _on_closed(self, event: ConnectionClosed) -> None:
+        self._close()
+
+    _HANDLERS: ClassVar[dict[type, Callable[[SMTPProtocol, Any], Coroutine[Any, Any, None] | None]]] = {
+        ProxyHeader: _on_proxy, Helo: _on_helo, MailFrom: _on_mail, RcptTo: _on_rcpt, Data: _on_data,
+        BdatChunk: _on_bdat, BodyChunk: _on_chunk, BodyEnd: _on_body_end, Rset: _on_simple, Noop: _on_simple,
+        Quit: _on_simple, Vrfy: _on_simple, Help: _on_simple, StartTls: _on_starttls, AuthCredentials: _on_auth,
+        AuthSecretNeeded: _on_secret, Xclient: _on_xclient, Xforward: _on_xforward, Rejected: _on_rejected,
+        ConnectionClosed: _on_closed,
+    }
+
+    # -- the end -------------------------------------------------------------------------
+
+    async def _finish_session(self) -> None:
+        await self._abandon()
+        try:
+            await asyncio.wait_for(self.hooks.notify_close(self.session), self.settings.timeouts.hook)
+        except Exception:
+            log.exception("on_close failed for session %s", self.session.id)
+        self._emit("close", self.session)
+
+    def shutdown(self) -> None:
+        """Graceful close: idle sessions get 421 now; a transaction may finish first."""
+        if self._closed:
+            return
+        if self.conn.state in _IDLE_STATES and not self._busy:
+            self.conn.send(R.SHUTTING_DOWN)
+            self._flush()
+            self._close()
+        else:
+            self._draining = True
+
+    def abort(self) -> None:
+        """The graceful window is over: 421 and close, whatever the state."""
+        if not self._closed:
+            if self.transport is not None:
+                self.transport.write(R.SHUTTING_DOWN.encode(self.session.esmtp))
+            self._close()
+
+    def _emit(self, name: str, *args: object) -> None:
+        for listener in self.state.listeners.get(name):
+            self.loop.call_soon(_call_listener, listener, name, args)
+
+
+START_DATA = R.START_DATA
+_ACCEPT = Reply(250, "2.0.0", "Ok")
+_SIMPLE: dict[type, tuple[str, Reply]] = {
+    Rset: ("RSET", R.RESET_OK), Noop: ("NOOP", R.NOOP_OK), Quit: ("QUIT", R.BYE),
+    Vrfy: ("VRFY", R.VRFY_CANNOT), Help: ("HELP", R.HELP),
+}
+
+
+def _per_recipient(decision: Reply | Sequence[Reply] | None, due: int) -> list[Reply]:
+    """Spread an ``on_data`` decision over the replies owed (LMTP: one per recipient)."""
+    if decision is None:
+        return [_ACCEPT] * due
+    if isinstance(decision, Reply):
+        return [decision if not decision.is_positive else _ACCEPT] * due
+    replies = [r if not r.is_positive else _ACCEPT for r in decision]
+    if len(replies) != due:
+        log.error("on_data returned %d replies for %d recipients", len(replies), due)
+        return [R.LOCAL_ERROR] * due
+    return replies
+
+
+def _known(value: str | None) -> bool:
+    return value is not None and value.upper() not in ("[UNAVAILABLE]", "[TEMPUNAVAIL]")
+
+
+def _bind(middleware: Any, ctx: CommandContext, call_next: Callable[[], Awaitable[Reply]]) -> Callable[
+        [], Awaitable[Reply]]:
+    async def step() -> Reply:
+        result: Reply = await middleware(ctx, call_next)
+        return result
+
+    return step
+
+
+def _constant(reply: Reply) -> Callable[[], Awaitable[Reply]]:
+    async def inner() -> Reply:
+        return reply
+
+    return inner
+
+
+async def _quietly(work: Awaitable[None]) -> None:
+    try:
+        await work
+    except Exception:
+        log.exception("sink abort failed")
+
+
+def _call_listener(listener: Callable[..., object], name: str, args: tuple[object, ...]) -> None:
+    try:
+        result = listener(*args)
+        if asyncio.iscoroutine(result):
+            asyncio.get_running_loop().create_task(result)
+    except Exception:
+        log.exception("%r listener failed", name)
+
+
+def _proxy_bytes_wanted(have: bytes) -> int:
+    """How many more octets can be read without reading past a PROXY header."""
+    if len(have) < 12:
+        return 12 - len(have)  # the v2 signature length; a v1 header is at least 15 octets
+    if have.startswith(b"PROXY "):
+        return 1  # v1 ends at CRLF: read it octet by octet (at most 107)
+    if len(have) < 16:
+        return 16 - len(have)
+    return max(1, 16 + int.from_bytes(have[14:16], "big") - len(have))

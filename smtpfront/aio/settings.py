@@ -1,0 +1,96 @@
+"""What one listener's connections are built from: core options, TLS, trust and timeouts.
+
+Shared, frozen, one per listener. Per-connection differences (STARTTLS offered or not,
+XCLIENT for a trusted peer) are derived from it when a connection is made.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import ssl
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ..core.options import Features, Limits, Policies
+
+__all__ = ["ListenerSettings", "Timeouts", "Networks", "parse_networks"]
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Networks = tuple[Network, ...]
+
+
+def parse_networks(specs: Iterable[str]) -> Networks:
+    """``["10.0.0.0/8", "::1"]`` → networks; raises ValueError naming a bad entry."""
+    out: list[Network] = []
+    for spec in specs:
+        try:
+            out.append(ipaddress.ip_network(spec.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"not an IP network: {spec!r}") from None
+    return tuple(out)
+
+
+def in_networks(address: str, networks: Networks) -> bool:
+    """True when ``address`` (an IP, possibly IPv4-mapped IPv6) is inside one of ``networks``."""
+    if not networks:
+        return False
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in networks)
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds. Postfix's smtpd_timeout is 300 s; RFC 5321 §4.5.3.2.7 asks for ≥ 5 min."""
+
+    greeting: float = 10.0  # PROXY header and TLS handshake before the greeting
+    idle: float = 300.0  # a whole command line must arrive within this (not just some bytes)
+    data: float = 300.0  # allowance for a body, extended by min_data_rate
+    min_data_rate: int = 500  # octets/s; each octet buys 1/min_data_rate s (Postfix smtpd_min_data_rate)
+    tls_handshake: float = 30.0
+    sink: float = 30.0  # queue commit; past it the client gets 451 4.3.0
+    hook: float = 60.0  # any one hook call; past it the client gets 451 4.3.0
+    close: float = 30.0  # graceful close: how long open transactions may finish
+    reverse_lookup: float = 1.5
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerSettings:
+    """Everything a connection on one listener is built from."""
+
+    hostname: str = "localhost"
+    banner: str = "ESMTP smtpfront"
+    features: Features = field(default_factory=Features)
+    limits: Limits = field(default_factory=Limits)
+    policies: Policies = field(default_factory=Policies)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    tls_context: ssl.SSLContext | None = None
+    implicit_tls: bool = False  # port 465 style: TLS before the greeting
+    require_tls: bool = False  # MAIL/RCPT/DATA refused before STARTTLS
+    require_auth: bool = False  # submission: MAIL refused before AUTH
+    allow_insecure_auth: bool = False  # offer AUTH on plaintext connections
+    auth_failure_delay: float = 1.0  # seconds before a 535 (slows password guessing)
+    proxy_networks: Networks = ()  # peers that must send a PROXY header
+    xclient_networks: Networks = ()
+    xforward_networks: Networks = ()
+    max_clients: int = 0  # per worker; 0 = unlimited
+    reverse_lookup: bool = False
+    greeting_delay: float = 0.0  # > 0: wait, and refuse clients that talk first (pregreet test)
+    buffer_size: int = 64 * 1024
+    body_stream_limit: int = 1024 * 1024  # octets buffered for a slow on_data consumer
+
+    def features_for(self, client_address: str) -> Features:
+        """The features one connection offers: STARTTLS and XCLIENT/XFORWARD depend on it."""
+        from dataclasses import replace
+
+        f = self.features
+        starttls = self.tls_context is not None and not self.implicit_tls
+        xclient = in_networks(client_address, self.xclient_networks)
+        xforward = in_networks(client_address, self.xforward_networks)
+        if (f.starttls, f.xclient, f.xforward) == (starttls, xclient, xforward):
+            return f
+        return replace(f, starttls=starttls, xclient=xclient, xforward=xforward)

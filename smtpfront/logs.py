@@ -1,0 +1,249 @@
+"""Structured logging: one JSON object per line, peer text sanitised, credentials redacted.
+
+Rule (STYLE-ANCHORS §7.14): every module logs through ``logging.getLogger(__name__)``
+under the ``smtpfront`` tree, and a connection logs through its `SessionLogger`. Peer bytes
+go through `sanitize` before they reach a log line (CR/LF injection cannot fake a line),
+and fields named like credentials are replaced by ``"***"`` (`redact`). A disabled level
+costs one ``isEnabledFor`` call: nothing is built, redacted or formatted before it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Mapping, MutableMapping
+from typing import IO, Any
+
+import orjson
+
+__all__ = ["JsonFormatter", "SessionLogger", "redact", "sanitize", "setup_logging"]
+
+# Control characters (C0, DEL, C1, the Unicode line separators) become \xNN / \uNNNN; a
+# backslash is doubled so that an escape in the output is never the peer's own text. Lone
+# surrogates (undecodable bytes under surrogateescape) become \xNN of the original byte.
+_ESCAPES: dict[int, str] = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+_ESCAPES.update({0x5C: "\\\\", 0x2028: "\\u2028", 0x2029: "\\u2029"})
+_ESCAPES.update({c: f"\\u{c:04x}" for c in range(0xD800, 0xE000)})
+_ESCAPES.update({c: f"\\x{c - 0xDC00:02x}" for c in range(0xDC80, 0xDD00)})
+_MARK = "…"
+_TEXT_TYPES = (str, bytes, bytearray, memoryview)
+_SECRET_KEYS = ("password", "passwd", "secret", "token", "credential", "authorization", "api_key", "cookie")
+_REDACTED = "***"
+_MAX_DEPTH = 8
+# Attributes of every LogRecord: an ``extra`` key among them makes logging raise KeyError,
+# so event fields with these names are logged with a trailing "_" instead.
+_RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+_BASE_KEYS = frozenset({"ts", "level", "logger", "msg", "worker", "exc", "stack"})
+_HANDLER_MARK = "_smtpfront_handler"
+
+
+def sanitize(value: bytes | bytearray | memoryview | str, limit: int = 200) -> str:
+    """Make peer-controlled text safe for one log line.
+
+    Args:
+        value: raw peer bytes (decoded as UTF-8; invalid bytes become ``\\xNN``) or text.
+        limit: the most characters kept, escapes included; a longer result is cut at a
+            character boundary and ends with "…". Only about ``4 * limit`` bytes are read.
+
+    Returns:
+        Text without control characters: CR, LF, TAB, other C0/C1 controls and DEL become
+        ``\\xNN``, a backslash ``\\\\``.
+    """
+    if limit < 0:
+        raise ValueError("limit must be >= 0")
+    if isinstance(value, str):
+        text = value[: limit + 1]
+    else:  # <= 4 bytes make one character, so this prefix holds over `limit` whole ones
+        text = str(value[: 4 * limit + 8], "utf-8", "surrogateescape")[: limit + 1]
+    escaped = text.translate(_ESCAPES)
+    if len(escaped) <= limit:
+        return escaped
+    if len(escaped) == len(text):
+        return escaped[:limit] + _MARK
+    out, used = [], 0
+    for ch in text:
+        piece = _ESCAPES.get(ord(ch), ch)
+        used += len(piece)
+        if used > limit:
+            break
+        out.append(piece)
+    return "".join(out) + _MARK
+
+
+def redact(fields: Mapping[str, object]) -> dict[str, object]:
+    """Return a copy of ``fields`` with credential values replaced by ``"***"``.
+
+    A key is secret when it contains (any case) password, passwd, secret, token, credential,
+    authorization, api_key or cookie. Nested mappings, lists and tuples are redacted too.
+    """
+    return {str(k): _REDACTED if _secret(k) else _redacted(v, 1) for k, v in fields.items()}
+
+
+def _secret(key: object) -> bool:
+    lowered = str(key).lower()
+    return any(s in lowered for s in _SECRET_KEYS)
+
+
+def _redacted(value: object, depth: int) -> object:
+    if not isinstance(value, Mapping | list | tuple):
+        return value
+    if depth >= _MAX_DEPTH:
+        return _MARK  # a deeper (or cyclic) structure is dropped, never logged unredacted
+    if isinstance(value, Mapping):
+        return {str(k): _REDACTED if _secret(k) else _redacted(v, depth + 1) for k, v in value.items()}
+    return [_redacted(v, depth + 1) for v in value]
+
+
+def _default(obj: object) -> str:
+    """orjson ``default=``: bytes are sanitised, anything else becomes ``str(obj)``."""
+    if isinstance(obj, bytes | bytearray | memoryview):
+        return sanitize(obj)
+    try:
+        return str(obj)
+    except Exception:
+        return object.__repr__(obj)
+
+
+def _fallback(value: object) -> object:
+    # Values orjson refuses even with default= (ints beyond 64 bits, lone surrogates in a
+    # str, nesting too deep): each top-level value becomes a plain, valid string.
+    if value is None or isinstance(value, bool | float):
+        return value
+    if isinstance(value, int) and -(2**63) <= value < 2**64:
+        return value
+    text = value if isinstance(value, str) else _default(value)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class _BaseFormatter(logging.Formatter):
+    def __init__(self, *, worker: int | None = None) -> None:
+        super().__init__()
+        self.worker = worker
+        self._second = (-1, "")
+
+    def timestamp(self, record: logging.LogRecord) -> str:
+        """RFC 3339 UTC with milliseconds, e.g. ``2024-05-01T12:34:56.789Z``."""
+        second = int(record.created)
+        if second != self._second[0]:
+            self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        return f"{self._second[1]}.{int(record.msecs):03d}Z"
+
+    def extras(self, record: logging.LogRecord) -> dict[str, object]:
+        fields = {k: v for k, v in record.__dict__.items() if k not in _RESERVED}
+        return redact(fields) if fields else fields
+
+    def exception_text(self, record: logging.LogRecord) -> str | None:
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        return record.exc_text or None
+
+
+class JsonFormatter(_BaseFormatter):
+    """One JSON object per record: ts, level, logger, msg, worker (``JsonFormatter(worker=N)``),
+    every ``extra`` field (redacted; a name clashing with these keys gets a trailing "_"),
+    and exc / stack when the record carries a traceback or stack."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, object] = {
+            "ts": self.timestamp(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if self.worker is not None:
+            doc["worker"] = self.worker
+        for key, value in self.extras(record).items():
+            doc[key + "_" if key in _BASE_KEYS else key] = value
+        if (exc := self.exception_text(record)) is not None:
+            doc["exc"] = exc
+        if record.stack_info:
+            doc["stack"] = self.formatStack(record.stack_info)
+        try:
+            return orjson.dumps(doc, default=_default, option=orjson.OPT_NON_STR_KEYS).decode()
+        except TypeError:
+            safe = {k: _fallback(v) for k, v in doc.items()}
+            return orjson.dumps(safe, default=_default).decode()
+
+
+class _PlainFormatter(_BaseFormatter):
+    """``<ts> <LEVEL> <logger> [w<N>] <msg> key=value ...`` for a terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        worker = f" [w{self.worker}]" if self.worker is not None else ""
+        parts = [f"{self.timestamp(record)} {record.levelname:<7} {record.name}{worker}"]
+        parts.append(sanitize(record.getMessage(), limit=4000))
+        for key, value in self.extras(record).items():
+            text = sanitize(value if isinstance(value, _TEXT_TYPES) else _default(value))
+            parts.append(f"{key}={orjson.dumps(text).decode() if not text or ' ' in text else text}")
+        line = " ".join(parts)
+        if (exc := self.exception_text(record)) is not None:
+            line += "\n" + exc
+        return line
+
+
+def _safe_extra(context: Mapping[str, object], fields: Mapping[str, object]) -> dict[str, object]:
+    extra = dict(context)
+    for key, value in redact(fields).items():
+        extra[key + "_" if key in _RESERVED else key] = value
+    return extra
+
+
+class SessionLogger(logging.LoggerAdapter[logging.Logger]):
+    """Per-connection logger: every record carries ``session`` and ``client``.
+
+    ``client`` is ``"ip:port"`` or a peername tuple ``(host, port, ...)`` (IPv6 in brackets).
+    """
+
+    def __init__(self, logger: logging.Logger, session: str, client: str | tuple[Any, ...]) -> None:
+        if isinstance(client, tuple):
+            host = str(client[0])
+            client = f"[{host}]:{client[1]}" if ":" in host else f"{host}:{client[1]}"
+        super().__init__(logger, {"session": session, "client": client})
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        kwargs["extra"] = _safe_extra(self.extra or {}, kwargs.get("extra") or {})
+        return msg, kwargs
+
+    def event(self, name: str, /, **fields: object) -> None:
+        """Log one INFO record with ``msg=name`` and the redacted ``fields`` merged in."""
+        if self.logger.isEnabledFor(logging.INFO):
+            self.logger.info(name, extra=_safe_extra(self.extra or {}, fields), stacklevel=2)
+
+    def debug_event(self, name: str, /, **fields: object) -> None:
+        """`event` at DEBUG: the form for the per-command hot path (§7.14)."""
+        if self.logger.isEnabledFor(logging.DEBUG):
+            self.logger.debug(name, extra=_safe_extra(self.extra or {}, fields), stacklevel=2)
+
+
+def setup_logging(
+    level: str = "INFO", *, json: bool = True, stream: IO[str] | None = None, worker: int | None = None
+) -> None:
+    """Configure the ``smtpfront`` logger tree (never the root logger).
+
+    Idempotent: a previous call's handler is replaced (handlers an embedding program added
+    stay); records do not propagate to the root logger. A failing stream never raises into
+    the caller (``logging.Handler.handleError``).
+
+    Args:
+        level: a level name, any case (``"debug"``, ``"INFO"``, ``"WARNING"``...).
+        json: JSON lines when true, a human-readable line when false.
+        stream: where lines go; ``sys.stdout`` by default.
+        worker: the worker number added to every line, when set.
+
+    Raises:
+        ValueError: ``level`` is not a logging level name.
+    """
+    levelno = logging.getLevelNamesMapping().get(level.upper())
+    if levelno is None:
+        raise ValueError(f"unknown log level {level!r}")
+    handler = logging.StreamHandler(stream if stream is not None else sys.stdout)
+    handler.setFormatter(JsonFormatter(worker=worker) if json else _PlainFormatter(worker=worker))
+    setattr(handler, _HANDLER_MARK, True)
+    logger = logging.getLogger("smtpfront")
+    for old in [h for h in logger.handlers if getattr(h, _HANDLER_MARK, False)]:
+        logger.removeHandler(old)
+        old.close()
+    logger.addHandler(handler)
+    logger.setLevel(levelno)
+    logger.propagate = False

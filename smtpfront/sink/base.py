@@ -1,0 +1,73 @@
+"""The one interface every message destination implements (Postfix's ``rec_put`` idea).
+
+A sink opens a :class:`MessageWriter` per accepted transaction; the server writes the body
+to it as it arrives and calls :meth:`MessageWriter.commit` after the final dot. The
+server answers ``250`` only after ``commit`` returned; if it raises (or times out), the
+client gets ``451 4.3.0`` and retries. Nothing half-written may become visible to a
+consumer as a complete message.
+
+Rule: a ``memoryview`` passed to :meth:`MessageWriter.write` is valid only during that
+call (it points into the connection's receive buffer); a writer that keeps data must copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..core.events import Address, MailParams, Recipient
+
+__all__ = ["Envelope", "Recipient", "MessageWriter", "Sink", "SinkError"]
+
+
+class SinkError(Exception):
+    """The destination could not take the message; the client is told to retry (451)."""
+
+
+@dataclass(slots=True)
+class Envelope:
+    """What a sink needs to know about one message besides its body.
+
+    ``client`` facts come from the session: the real client address (after PROXY/XCLIENT),
+    its name, HELO, TLS and AUTH facts. ``trace`` is the ``Received:`` header the sink
+    prepends to the body (RFC 5321 §4.4), CRLF-terminated.
+    """
+
+    id: str
+    mail_from: Address
+    mail_params: MailParams
+    recipients: list[Recipient]
+    received_at: float
+    client_address: str | None = None
+    client_port: int | None = None
+    client_name: str | None = None
+    helo: str | None = None
+    protocol: str = "ESMTP"
+    tls: dict[str, str] | None = None
+    user: str | None = None
+    proxy: dict[str, object] | None = None
+    trace: bytes = b""
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class MessageWriter(Protocol):
+    """Receives one message's body and makes it durable on commit."""
+
+    def write(self, data: memoryview) -> None:
+        """Take the next body chunk (copy it if kept). Raises SinkError to give up."""
+
+    async def commit(self) -> str:
+        """Make the message durable; returns its queue id. Raises SinkError on failure."""
+
+    async def abort(self) -> None:
+        """Forget the message (the transaction failed or the client went away)."""
+
+
+class Sink(Protocol):
+    """A destination for accepted messages."""
+
+    async def open(self, envelope: Envelope) -> MessageWriter:
+        """Start a message; raises SinkError when the destination cannot take one now."""
+
+    async def close(self) -> None:
+        """Release resources (connections, files) when the server stops."""
