@@ -327,17 +327,24 @@ _WORDS = (
 
 
 def _english(size: int, seed: int = 1) -> bytes:
-    """English-like text: 60-78 octet lines, ~1% of them starting with "."."""
+    """English-like prose: sentences with commas and periods, in 60-78 octet lines, ~1% of
+    them starting with "." (so stuffed on the wire)."""
     rnd, vocabulary = random.Random(seed), _WORDS.split()
-    out, total = [], 0
+    out: list[bytes] = []
+    total, line, sentence = 0, "", 0
     while total < size:
-        words: list[str] = []
-        target = rnd.randint(58, 76)
-        while sum(map(len, words)) + len(words) < target:
-            words.append(rnd.choice(vocabulary))
-        line = ("." if rnd.random() < 0.01 else "") + " ".join(words).capitalize()
-        out.append(line.encode() + b"\r\n")
-        total += len(out[-1])
+        word = rnd.choice(vocabulary)
+        word = word.capitalize() if sentence == 0 else word
+        sentence += 1
+        if sentence > rnd.randint(8, 20):
+            word, sentence = word + rnd.choice("......?!"), 0
+        elif rnd.random() < 0.08:
+            word += ","
+        if line and len(line) + len(word) + 1 > rnd.randint(60, 78):
+            out.append((("." if rnd.random() < 0.01 else "") + line).encode() + b"\r\n")
+            total += len(out[-1])
+            line = ""
+        line = f"{line} {word}" if line else word
     return b"".join(out)
 
 

@@ -1,0 +1,121 @@
+"""The command line: ``smtpfront serve | version``.
+
+``serve`` runs one worker for now (the pre-fork supervisor comes with its own issue) on
+uvloop, writing each accepted message to the queue named by ``--queue``:
+
+    maildir:DIR   the embedded default (maildir:./spool): tmp/ → fsync → new/
+    null:         read and discard (benchmarks only)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from ._version import __version__
+from .logs import setup_logging
+from .server import SMTPServer
+from .sink.base import Sink
+from .sink.maildir import MaildirSink
+from .sink.null import NullSink
+
+__all__ = ["main"]
+
+log = logging.getLogger("smtpfront.cli")
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"SMTPFRONT_{name}", default)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` → (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"--listen wants HOST:PORT, got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def make_sink(url: str, *, fsync: bool) -> Sink:
+    """The sink a ``--queue`` URL names; a clear error for anything else."""
+    scheme, _, rest = url.partition(":")
+    if scheme == "maildir":
+        return MaildirSink(rest or "./spool", fsync=fsync)
+    if scheme == "null":
+        return NullSink()
+    if scheme in ("redis", "rediss", "redis+sentinel"):
+        raise SystemExit(f"--queue {url}: the Redis Streams queue is not built yet; use maildir:DIR")
+    raise SystemExit(f"--queue {url!r}: unknown queue; use maildir:DIR or null:")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (every flag also reads an SMTPFRONT_* environment variable)."""
+    parser = argparse.ArgumentParser(prog="smtpfront", description="SMTP/LMTP receiving front end")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="accept mail and queue it")
+    serve.add_argument("--listen", type=parse_listen, default=parse_listen(_env("LISTEN", "127.0.0.1:2525")),
+                       help="HOST:PORT to listen on (default 127.0.0.1:2525)")
+    serve.add_argument("--queue", default=_env("QUEUE", "maildir:./spool"),
+                       help="maildir:DIR (default maildir:./spool) or null:")
+    serve.add_argument("--workers", type=int, default=int(_env("WORKERS", "1")), help="worker processes (1)")
+    serve.add_argument("--hostname", default=_env("HOSTNAME", "") or None, help="name in greeting and Received")
+    serve.add_argument("--tls-cert", default=_env("TLS_CERT", "") or None, help="PEM certificate chain")
+    serve.add_argument("--tls-key", default=_env("TLS_KEY", "") or None, help="PEM private key")
+    serve.add_argument("--no-tls", action="store_true", help="do not offer STARTTLS")
+    serve.add_argument("--lmtp", action="store_true", help="speak LMTP (RFC 2033)")
+    serve.add_argument("--size", type=int, default=int(_env("SIZE", str(25 * 1024 * 1024))),
+                       help="maximum message size in octets")
+    serve.add_argument("--max-clients", type=int, default=int(_env("MAX_CLIENTS", "0")), help="0 = unlimited")
+    serve.add_argument("--no-fsync", action="store_true", help="maildir: do not fsync (a crash may lose mail)")
+    serve.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+    serve.add_argument("--log-format", choices=["json", "plain"], default=_env("LOG_FORMAT", "json"))
+    sub.add_parser("version", help="print the version")
+    return parser
+
+
+async def serve(args: argparse.Namespace) -> int:
+    """Run one worker until SIGTERM/SIGINT, then close gracefully."""
+    host, port = args.listen
+    server = SMTPServer(
+        host=host, port=port, sink=make_sink(args.queue, fsync=not args.no_fsync), name=args.hostname,
+        size=args.size, max_clients=args.max_clients, lmtp=args.lmtp, tls=not args.no_tls,
+        cert_file=args.tls_cert, key_file=args.tls_key,
+    )
+    await server.start()
+    log.info("listening", extra={"address": f"{host}:{server.port}", "queue": args.queue})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping: draining open sessions")
+    await server.close()
+    log.info("stopped")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``smtpfront`` command."""
+    args = build_parser().parse_args(argv)
+    if args.command == "version":
+        print(__version__)
+        return 0
+    if args.workers != 1:
+        raise SystemExit("--workers: only 1 worker until the pre-fork supervisor is built")
+    setup_logging(args.log_level, json=args.log_format == "json")
+    try:
+        import uvloop
+
+        return int(uvloop.run(serve(args)))
+    except OSError as exc:
+        print(f"smtpfront: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
