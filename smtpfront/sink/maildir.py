@@ -97,7 +97,8 @@ class MaildirSink:
 
     def _prepare(self) -> None:
         try:
-            for sub in ("tmp", "new", "cur"):
+            # The root first: makedirs gives intermediate directories the default mode.
+            for sub in ("", "tmp", "new", "cur"):
                 os.makedirs(os.path.join(self.directory, sub), mode=0o700, exist_ok=True)
         except OSError as exc:
             raise _error(self.directory, "cannot create the Maildir", exc) from exc
