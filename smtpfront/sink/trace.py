@@ -11,6 +11,7 @@ open a comment or literal that swallows the fields after it.
 from __future__ import annotations
 
 import base64
+import functools
 import re
 import secrets
 import time
@@ -142,25 +143,44 @@ def received_header(envelope: Envelope, *, server_name: str, queue_id: str, when
         The header, folded at 78 characters with CRLF TAB, ending with CRLF.
     """
     utf8 = envelope.mail_params.smtputf8
-    tcp = [f"({_name(envelope.client_name, utf8)}"]
-    if envelope.client_address:
-        tcp.append(_address_literal(envelope.client_address))
-    tcp[-1] += ")"
-    groups = [["from", _name(envelope.helo, utf8)], tcp]
-    if envelope.tls is not None:
-        groups.append(_tls_comment(envelope.tls))
-    groups += [
-        ["by", _name(server_name, utf8)],
-        ["(smtpfront)"],
-        ["with", with_protocol(envelope)],
-        ["id", _clean(queue_id, _NAME_ASCII)],
-    ]
+    tls = tuple(sorted(envelope.tls.items())) if envelope.tls is not None else None
+    groups = [list(g) for g in _session_groups(
+        envelope.helo, envelope.client_name, envelope.client_address, tls, server_name, with_protocol(envelope), utf8,
+    )]
+    groups.append(["id", _clean(queue_id, _NAME_ASCII)])
     if len(envelope.recipients) == 1:
         groups.append(["for", _mailbox(envelope.recipients[0].address, utf8)])
     groups[-1][-1] += ";"
-    date = format_datetime(datetime.fromtimestamp(when).astimezone())
-    groups.append(date.split(" "))
+    groups.append(_date_words(when))
     return _fold(groups)
+
+
+_date_cache: tuple[int, list[str]] = (-1, [])
+
+
+def _date_words(when: float) -> list[str]:
+    """The RFC 5322 date of ``when``, split in words; formatted once per second (it is slow)."""
+    global _date_cache
+    second = int(when)
+    if _date_cache[0] != second:
+        _date_cache = (second, format_datetime(datetime.fromtimestamp(second).astimezone()).split(" "))
+    return list(_date_cache[1])
+
+
+@functools.lru_cache(maxsize=4096)
+def _session_groups(helo: str | None, client_name: str | None, client_address: str | None,
+                    tls: tuple[tuple[str, str], ...] | None, server_name: str, protocol: str,
+                    utf8: bool) -> tuple[tuple[str, ...], ...]:
+    """The sanitised ``from … by … with`` words: the same for every message of a session."""
+    tcp = [f"({_name(client_name, utf8)}"]
+    if client_address:
+        tcp.append(_address_literal(client_address))
+    tcp[-1] += ")"
+    groups = [["from", _name(helo, utf8)], tcp]
+    if tls is not None:
+        groups.append(_tls_comment(dict(tls)))
+    groups += [["by", _name(server_name, utf8)], ["(smtpfront)"], ["with", protocol]]
+    return tuple(tuple(g) for g in groups)
 
 
 def return_path_header(envelope: Envelope) -> bytes:
