@@ -247,9 +247,9 @@ class ServerConnection:
                 elif state is _ERROR:
                     raise RemoteProtocolError(R.BAD_SEQUENCE, fatal=True)
                 elif state is _STARTTLS:
-                    self.buffer.clear()  # RFC 3207 §4.2: nothing pipelined before the handshake
-                    self._overflow.clear()
-                    event = NEED_DATA
+                    # Plaintext leftovers were dropped when the 220 was queued; what arrives
+                    # now is the TLS layer's, and waits for tls_established().
+                    return NEED_DATA
                 else:  # CONNECTED, CLOSED
                     event = NEED_DATA
             except LocalProtocolError as exc:
@@ -687,12 +687,15 @@ class ServerConnection:
         return data
 
     def tls_established(self) -> None:
-        """The adapter finished the STARTTLS handshake: restart the session (RFC 3207 §4.2)."""
+        """The adapter finished the STARTTLS handshake: restart the session (RFC 3207 §4.2).
+
+        Bytes received before the 220 was queued were dropped then (the injection defence);
+        bytes received since came through the TLS layer and are kept: a client may send
+        its EHLO as soon as the handshake completes, before the adapter calls this.
+        """
         if self.state is not _STARTTLS:
             raise RuntimeError("tls_established() without an accepted STARTTLS")
         self.tls_active = True
-        self.buffer.clear()
-        self._overflow.clear()
         self.helo, self.esmtp, self._enhanced, self.authenticated = None, False, False, False
         self._reset_transaction()
         self.state = _INIT
