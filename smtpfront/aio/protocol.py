@@ -42,6 +42,7 @@ from ..core.events import (
     MailFrom,
     Noop,
     ProxyHeader,
+    ProxyInfo,
     Quit,
     RcptTo,
     Recipient,
@@ -65,6 +66,7 @@ log = logging.getLogger(__name__)
 _ids = itertools.count(1)
 _PID = os.getpid()
 _IDLE_STATES = frozenset({State.CONNECTED, State.INIT, State.IDLE, State.PROXY})
+_BODY_STATES = frozenset({State.DATA, State.BDAT})
 
 
 class ServerState:
@@ -151,6 +153,8 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._draining = False
         self._proxy_exact = False
+        self._pre_tls: bytearray | None = None  # implicit TLS: octets read before start_tls
+        self._tls_spare = memoryview(b"")
 
     # -- asyncio callbacks ------------------------------------------------------------
 
@@ -174,21 +178,32 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             return
         state.connections.add(self)
         expect_proxy = in_networks(self.session.client_address, settings.proxy_networks)
+        # With implicit TLS the handshake comes before any SMTP octet: the session is
+        # encrypted from its first command (AUTH offered, require_tls satisfied).
         self.conn = ServerConnection(
             hostname=settings.hostname, features=settings.features_for(self.session.client_address),
             limits=settings.limits, policies=settings.policies, buffer_size=settings.buffer_size,
-            expect_proxy=expect_proxy, tls_active=False, require_tls=settings.require_tls,
+            expect_proxy=expect_proxy, tls_active=settings.implicit_tls, require_tls=settings.require_tls,
             require_auth=settings.require_auth, auth_requires_tls=not settings.allow_insecure_auth,
         )
         # Implicit TLS behind a proxy: read the PROXY header exactly, so not one byte of the
         # TLS ClientHello lands in our buffer (the TLS layer must see all of it).
         self._proxy_exact = expect_proxy and settings.implicit_tls
+        if settings.implicit_tls and settings.tls_context is not None and not expect_proxy:
+            # uvloop starts reading right after connection_made even if the protocol paused
+            # there, so the start of the ClientHello may be read before start_tls takes the
+            # transport over. Such octets are kept aside (not in the SMTP buffer, where they
+            # would count as early talk) and handed to the TLS layer in _handshake.
+            self._pre_tls = bytearray()
+            self._tls_spare = memoryview(bytearray(16 * 1024))
         self._arm(settings.timeouts.greeting)
         self._emit("connect", self.session)
         if not expect_proxy:
             self._run(self._open_session())
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        if self._pre_tls is not None:
+            return self._tls_spare
         room = self.conn.writable()
         if self._proxy_exact:
             have = self.conn.buffer.view()
@@ -203,6 +218,11 @@ class SMTPProtocol(asyncio.BufferedProtocol):
     _overrun = False
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self._pre_tls is not None:
+            self._pre_tls += self._tls_spare[:nbytes]
+            if self.transport is not None:
+                self.transport.pause_reading()  # effective now that the transport reads
+            return
         if self._overrun:
             log.error("session %s: receive buffer overrun", self.session.id)
             self._crash()
@@ -292,7 +312,12 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         self._task = None
         if self._closed:
             return
-        self._touch()
+        if self.conn.state not in _BODY_STATES:
+            self._touch()
+        elif self._deadline == float("inf"):
+            # Inside a body the DATA allowance (extended by min_data_rate) applies, not the
+            # idle timeout; after a pause on our side the client gets a fresh allowance.
+            self._arm(self.settings.timeouts.data)
         self._pump()
 
     def _crash(self) -> None:
@@ -301,7 +326,12 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         self._emit("error", self.session)
         if self.transport is not None and not self._closed:
             self._flush()
-            self.transport.write(R.Reply(421, "4.3.0", "Error: internal server error").encode(False))
+            try:  # through the core, so an EHLO session gets its enhanced code
+                self.conn.send(_INTERNAL_ERROR)
+                data = self.conn.data_to_send()
+            except Exception:  # the core itself failed: plain bytes
+                data = _INTERNAL_ERROR.encode(False)
+            self.transport.write(data)
         self._close()
 
     def _flush(self) -> None:
@@ -315,9 +345,12 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             self.transport.close()
 
     def _pause_reading(self) -> None:
-        if not self._read_paused and self.transport is not None and not self._closed:
+        transport = self.transport
+        # uvloop ignores pause_reading() inside connection_made and starts reading after
+        # it, so the flag alone can claim "paused" while the transport reads: ask it too.
+        if transport is not None and not self._closed and (not self._read_paused or transport.is_reading()):
             self._read_paused = True
-            self.transport.pause_reading()
+            transport.pause_reading()
 
     def _resume_reading(self) -> None:
         if self._read_paused and not self._write_paused and not self._closed and self.transport is not None:
@@ -332,7 +365,13 @@ class SMTPProtocol(asyncio.BufferedProtocol):
 
     def _arm(self, seconds: float) -> None:
         self._deadline = self.loop.time() + seconds
-        if self._timer is None:
+        timer = self._timer
+        if timer is not None and timer.when() > self._deadline:
+            # Lazy re-arming only works for a deadline that moved later; an earlier one
+            # (idle after the greeting timeout, a short DATA allowance) needs the timer now.
+            timer.cancel()
+            timer = self._timer = None
+        if timer is None:
             self._timer = self.loop.call_at(self._deadline, self._check_deadline)
 
     def _touch(self) -> None:
@@ -395,11 +434,20 @@ class SMTPProtocol(asyncio.BufferedProtocol):
     async def _handshake(self) -> bool:
         """Run the TLS handshake on this transport (implicit TLS or after STARTTLS)."""
         assert self.transport is not None and self.settings.tls_context is not None
+        starting = self.loop.create_task(
+            self.loop.start_tls(self.transport, self, self.settings.tls_context, server_side=True))
+        if self._pre_tls is not None:
+            # start_tls pauses the transport and installs its protocol in its first step,
+            # which runs before this task resumes; until then octets still come here. Hand
+            # them over before start_tls resumes reading (its callbacks come after this).
+            await asyncio.sleep(0)
+            early, self._pre_tls, self._tls_spare = self._pre_tls, None, memoryview(b"")
+            if early and not self._feed_tls(bytes(early)):
+                starting.cancel()
+                self._close()
+                return False
         try:
-            new = await asyncio.wait_for(
-                self.loop.start_tls(self.transport, self, self.settings.tls_context, server_side=True),
-                self.settings.timeouts.tls_handshake,
-            )
+            new = await asyncio.wait_for(starting, self.settings.timeouts.tls_handshake)
         except (TimeoutError, OSError, ConnectionError) as exc:
             log.info("session %s: TLS handshake failed: %s", self.session.id, exc)
             self._close()
@@ -412,6 +460,21 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         self._pause_reading()  # the task that owns the connection resumes when it is done
         self.session.tls = tls_facts(new.get_extra_info("ssl_object"))
         self._emit("secure", self.session)
+        return True
+
+    def _feed_tls(self, data: bytes) -> bool:
+        assert self.transport is not None
+        tls: Any = self.transport.get_protocol()
+        if tls is self or not hasattr(tls, "buffer_updated"):
+            log.warning("session %s: cannot hand early TLS octets to the TLS layer", self.session.id)
+            return False
+        view = memoryview(data)
+        while view:
+            room = tls.get_buffer(len(view))
+            n = min(len(room), len(view))
+            room[:n] = view[:n]
+            tls.buffer_updated(n)
+            view = view[n:]
         return True
 
     # -- decisions: middleware around hooks ------------------------------------------------
@@ -560,7 +623,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             mail_params=session.mail_params, recipients=list(session.recipients), received_at=time.time(),
             client_address=session.client_address, client_port=session.client_port,
             client_name=session.client_name, helo=session.helo, protocol=session.protocol, tls=session.tls,
-            user=session.user,
+            user=session.user, proxy=_proxy_facts(session.proxy),
         )
         headers = "".join(f"{name}: {value}\r\n" for name, value in session.headers).encode("utf-8")
         envelope.trace = self.state.trace(envelope, self.settings.hostname) + headers
@@ -621,6 +684,12 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         if not any(r.is_positive for r in replies):
             await self._abandon()
             return replies
+        envelope = self._envelope
+        if due > 1 and envelope is not None and len(envelope.recipients) == due:
+            # LMTP: the message is stored only for the recipients it was accepted for; the
+            # client handles the refused ones (bounce or retry), so they must not get it too.
+            envelope.recipients = [rcpt for rcpt, r in zip(envelope.recipients, replies, strict=True)
+                                   if r.is_positive]
         writer, self._writer = self._writer, None
         assert writer is not None
         try:
@@ -764,6 +833,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
 
 
 START_DATA = R.START_DATA
+_INTERNAL_ERROR = Reply(421, "4.3.0", "Error: internal server error")
 _ACCEPT = Reply(250, "2.0.0", "Ok")
 _SIMPLE: dict[type, tuple[str, Reply]] = {
     Rset: ("RSET", R.RESET_OK), Noop: ("NOOP", R.NOOP_OK), Quit: ("QUIT", R.BYE),
@@ -782,6 +852,21 @@ def _per_recipient(decision: Reply | Sequence[Reply] | None, due: int) -> list[R
         log.error("on_data returned %d replies for %d recipients", len(replies), due)
         return [R.LOCAL_ERROR] * due
     return replies
+
+
+def _proxy_facts(info: ProxyInfo | None) -> dict[str, object] | None:
+    """The PROXY header's facts for the envelope (plain values; raw TLVs left out)."""
+    if info is None:
+        return None
+    facts: dict[str, object] = {}
+    for name in ("version", "local", "family", "source_address", "source_port", "dest_address", "dest_port",
+                 "authority", "ssl", "ssl_version", "ssl_cn", "netns"):
+        value = getattr(info, name)
+        if value is not None:
+            facts[name] = value
+    if info.alpn is not None:
+        facts["alpn"] = info.alpn.decode("ascii", "replace")
+    return facts
 
 
 def _known(value: str | None) -> bool:
