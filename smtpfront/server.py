@@ -20,6 +20,7 @@ from dataclasses import replace
 from types import TracebackType
 
 from .aio.server import Listener, WorkerServer
+from .aio.sessionlog import log_sessions as install_session_log
 from .aio.settings import ListenerSettings, Timeouts, parse_networks
 from .aio.tls import TlsConfig, server_context
 from .core.options import Features, Limits, Policies
@@ -78,6 +79,8 @@ class SMTPServer:
         close_timeout: seconds open transactions get to finish on :meth:`close`.
         max_recipients, max_errors, max_auth_failures, min_data_rate, greeting_delay,
             bare_line_endings, long_lines, unauthorized_pipelining: limits and policies.
+        log_sessions: write JSON session logs (``smtpfront.session``: queued, reject, auth,
+            session summary at INFO) through listeners, off the reply path.
     """
 
     def __init__(
@@ -128,6 +131,7 @@ class SMTPServer:
         long_lines: str = "accept",
         unauthorized_pipelining: str = "reject",
         buffer_size: int = 64 * 1024,
+        log_sessions: bool = True,
     ) -> None:
         disabled = frozenset(v.upper() for v in disabled_commands)
         methods = tuple(m.upper() for m in auth_methods)
@@ -172,6 +176,8 @@ class SMTPServer:
         self.listeners = Listeners()
         if hooks is not None:
             self.hooks.use(hooks)
+        if log_sessions:
+            install_session_log(self.listeners)
         self._worker: WorkerServer | None = None
         self._stopped = asyncio.Event()
 

@@ -485,7 +485,8 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         for middleware in reversed(self.hooks.middleware):
             chain = _bind(middleware, CommandContext(self.session, verb, event), chain)
         try:
-            return await asyncio.wait_for(chain(), self.settings.timeouts.hook)
+            async with asyncio.timeout(self.settings.timeouts.hook):
+                return await chain()
         except Reject as exc:
             return exc.reply
         except TimeoutError:
@@ -595,7 +596,9 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         if reply.is_positive:
             try:
                 envelope = self._make_envelope()
-                self._writer = await asyncio.wait_for(self.state.sink.open(envelope), self.settings.timeouts.sink)
+                async with asyncio.timeout(self.settings.timeouts.sink):
+                    self._writer = await self.state.sink.open(envelope)
+                self._size = 0
                 self._envelope = envelope
             except (TimeoutError, SinkError, OSError) as exc:
                 log.warning("session %s: queue refused a new message: %s", self.session.id, exc)
@@ -613,6 +616,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             self._emit("reject", self.session, reply)
 
     _refusal: Reply | None = None
+    _size = 0  # body octets handed to the current writer
 
     def _make_envelope(self) -> Envelope:
         session = self.session
@@ -632,6 +636,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
     def _on_chunk(self, event: BodyChunk) -> Coroutine[Any, Any, None] | None:
         writer = self._writer
         if writer is not None:
+            self._size += len(event.data)
             try:
                 writer.write(event.data)
             except SinkError as exc:
@@ -692,8 +697,11 @@ class SMTPProtocol(asyncio.BufferedProtocol):
                                    if r.is_positive]
         writer, self._writer = self._writer, None
         assert writer is not None
+        if envelope is not None:
+            envelope.size = self._size
         try:
-            queue_id = await asyncio.wait_for(writer.commit(), self.settings.timeouts.sink)
+            async with asyncio.timeout(self.settings.timeouts.sink):
+                queue_id = await writer.commit()
         except (TimeoutError, SinkError, OSError) as exc:
             log.warning("session %s: queue commit failed: %s", self.session.id, exc)
             await _quietly(writer.abort())
@@ -823,8 +831,8 @@ class SMTPProtocol(asyncio.BufferedProtocol):
     def abort(self) -> None:
         """The graceful window is over: 421 and close, whatever the state."""
         if not self._closed:
-            if self.transport is not None:
-                self.transport.write(R.SHUTTING_DOWN.encode(self.session.esmtp))
+            self.conn.send(R.SHUTTING_DOWN)  # through the core: enhanced code only when offered
+            self._flush()
             self._close()
 
     def _emit(self, name: str, *args: object) -> None:

@@ -47,6 +47,7 @@ class Envelope:
     user: str | None = None
     proxy: dict[str, object] | None = None
     trace: bytes = b""
+    size: int = 0  # body octets received (set before commit; the trace is not counted)
     extra: dict[str, object] = field(default_factory=dict)
 
 

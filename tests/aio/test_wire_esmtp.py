@@ -259,3 +259,11 @@ def test_rset_noop_vrfy_help_quit(server: Running) -> None:
         r = c.cmd("QUIT")
         assert (r.code, r.enhanced) == (221, "2.0.0")
         assert c.closed()
+
+
+def test_envelope_records_the_received_size(server: Running) -> None:
+    body = b"Subject: size\r\n\r\n" + b"x" * 1000 + b"\r\n.dot\r\n"
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=TIMEOUT) as smtp:
+        smtp.sendmail("a@example.org", ["b@example.net"], body)  # smtplib stuffs the dot line
+    (stored,) = server.wait_for(1)
+    assert stored.envelope.size == len(body)  # unstuffed octets, trace header not counted
