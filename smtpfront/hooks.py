@@ -189,6 +189,7 @@ class HookChain:
     def __init__(self) -> None:
         self._plugins: list[_Plugin] = []
         self._ordered: list[Hooks] = []
+        self._implemented: frozenset[str] = frozenset()
         self.middleware: list[Middleware] = []
 
     def use(self, hooks: Hooks, *, name: str | None = None, before: Sequence[str] = (),
@@ -200,6 +201,10 @@ class HookChain:
             raise ValueError(f"a plugin named {plugin_name!r} is already in use")
         self._plugins.append(_Plugin(hooks, plugin_name, tuple(before), tuple(after)))
         self._ordered = self._order()
+        self._implemented = frozenset(
+            name for name in HOOK_NAMES
+            if any(getattr(type(h), name) is not getattr(Hooks, name) for h in self._ordered)
+        )
 
     def add_middleware(self, middleware: Middleware) -> None:
         """Wrap every command's decision (outermost first, in the order added)."""
@@ -234,8 +239,7 @@ class HookChain:
 
     def implements(self, hook: str) -> bool:
         """True if any plugin overrides ``hook`` (so the server can skip the default fast)."""
-        base = getattr(Hooks, hook)
-        return any(getattr(type(h), hook) is not base for h in self._ordered)
+        return hook in self._implemented
 
     async def ask(self, hook: str, *args: Any) -> Any:
         """Ask each plugin in order; the first answer that is not None wins."""

@@ -275,8 +275,10 @@ class SMTPProtocol(asyncio.BufferedProtocol):
                 handled = True
                 pending = self._HANDLERS[type(event)](self, event)
                 if pending is not None:
+                    # The task's own pump writes the replies queued so far together with
+                    # its own: one write per read (PERFORMANCE.md), not one per step.
                     self._run(pending)
-                    break
+                    return
         except RemoteProtocolError as exc:
             self._emit("reject", self.session, exc.reply)
             self._flush()
@@ -575,7 +577,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         if reply.is_positive:
             self.session.reset_transaction()
 
-    def _on_data(self, event: Data) -> Coroutine[Any, Any, None]:
+    def _on_data(self, event: Data) -> Coroutine[Any, Any, None] | None:
         return self._start_message("DATA", event)
 
     def _on_bdat(self, event: BdatChunk) -> Coroutine[Any, Any, None] | None:
@@ -583,24 +585,29 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             return self._start_message("BDAT", event)
         return None
 
-    async def _start_message(self, verb: str, event: Event) -> None:
-        """DATA or the first BDAT: ask on_data_start, open the sink, start on_data."""
-        async def inner() -> Reply:
-            if self.hooks.implements("on_data_start"):
-                result = await self.hooks.ask("on_data_start", self.session)
-                if isinstance(result, Reply):
-                    return result
-            return R.START_DATA
+    def _start_message(self, verb: str, event: Event) -> Coroutine[Any, Any, None] | None:
+        """DATA or the first BDAT: decide (a task only if a hook or middleware is asked), then begin."""
+        if self.hooks.middleware or self.hooks.implements("on_data_start"):
+            return self._decide_start(verb, event)
+        self._begin_message(verb, R.START_DATA)
+        return None
 
-        reply = await self._decide(verb, event, inner)
+    async def _decide_start(self, verb: str, event: Event) -> None:
+        async def inner() -> Reply:
+            result = await self.hooks.ask("on_data_start", self.session)
+            return result if isinstance(result, Reply) else R.START_DATA
+
+        self._begin_message(verb, await self._decide(verb, event, inner))
+
+    def _begin_message(self, verb: str, reply: Reply) -> None:
+        """Open the sink and start ``on_data`` for a positive decision; answer DATA."""
         if reply.is_positive:
             try:
                 envelope = self._make_envelope()
-                async with asyncio.timeout(self.settings.timeouts.sink):
-                    self._writer = await self.state.sink.open(envelope)
+                self._writer = self.state.sink.open(envelope)
                 self._size = 0
                 self._envelope = envelope
-            except (TimeoutError, SinkError, OSError) as exc:
+            except (SinkError, OSError) as exc:
                 log.warning("session %s: queue refused a new message: %s", self.session.id, exc)
                 reply = R.QUEUE_UNAVAILABLE
         if reply.is_positive and self.hooks.implements("on_data"):

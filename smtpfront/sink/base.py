@@ -67,8 +67,13 @@ class MessageWriter(Protocol):
 class Sink(Protocol):
     """A destination for accepted messages."""
 
-    async def open(self, envelope: Envelope) -> MessageWriter:
-        """Start a message; raises SinkError when the destination cannot take one now."""
+    def open(self, envelope: Envelope) -> MessageWriter:
+        """Start a message; raises SinkError when the destination cannot take one now.
+
+        Synchronous on purpose: opening does no I/O worth waiting for in any sink (Redis
+        writes at commit; a Maildir file is created in the page cache), and keeping it
+        out of a Task lets DATA be answered at once on the hot path.
+        """
 
     async def close(self) -> None:
         """Release resources (connections, files) when the server stops."""

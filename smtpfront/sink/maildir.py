@@ -104,7 +104,7 @@ class MaildirSink:
             raise _error(self.directory, "cannot create the Maildir", exc) from exc
         self._ready = True
 
-    async def open(self, envelope: Envelope) -> MaildirWriter:
+    def open(self, envelope: Envelope) -> MaildirWriter:
         """Create ``tmp/<unique>`` holding ``Return-Path:`` and ``envelope.trace``.
 
         Raises:

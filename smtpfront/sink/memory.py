@@ -42,7 +42,7 @@ class MemorySink:
         self.closed = False
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
 
-    async def open(self, envelope: Envelope) -> MemoryWriter:
+    def open(self, envelope: Envelope) -> MemoryWriter:
         """Start a message. Raises SinkError once the sink is closed."""
         if self.closed:
             raise SinkError("memory sink is closed")

@@ -24,7 +24,7 @@ class NullSink:
         self.octets = 0
         self.closed = False
 
-    async def open(self, envelope: Envelope) -> NullWriter:
+    def open(self, envelope: Envelope) -> NullWriter:
         """Start a message. Raises SinkError once the sink is closed."""
         if self.closed:
             raise SinkError("null sink is closed")

@@ -10,7 +10,6 @@ open a comment or literal that swallows the fields after it.
 
 from __future__ import annotations
 
-import base64
 import functools
 import re
 import secrets
@@ -193,13 +192,14 @@ _last_us = 0
 
 
 def new_queue_id() -> str:
-    """A unique, time-sortable, 16-character queue id.
+    """A unique, time-sortable, 20-character queue id.
 
-    80 bits in base32hex (which sorts like the numbers it encodes): 56 bits of
+    80 bits in upper-case hex (which sorts like the numbers it encodes): 56 bits of
     microseconds since the epoch, strictly increasing within a process, then 24 random
     bits that keep ids from several worker processes apart.
     """
     global _last_us
     _last_us = now = max(time.time_ns() // 1000, _last_us + 1)
-    raw = (now << 24 | secrets.randbits(24)).to_bytes(10, "big")
-    return base64.b32hexencode(raw).decode("ascii")
+    # Upper-case hex sorts like the number it encodes (base64's b32hexencode is pure
+    # Python in 3.11 and cost ~10 us per message).
+    return f"{now << 24 | secrets.randbits(24):020X}"

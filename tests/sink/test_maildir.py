@@ -49,7 +49,7 @@ def listing(root: Path, sub: str) -> list[str]:
 
 
 async def deliver(sink: Sink, body: bytes = BODY, env: Envelope | None = None) -> str:
-    writer = await sink.open(env or envelope())
+    writer = sink.open(env or envelope())
     writer.write(memoryview(body))
     return await writer.commit()
 
@@ -72,7 +72,7 @@ def test_visible_in_new_only_after_commit(root: Path, fsync: bool) -> None:
     async def main() -> None:
         sink = MaildirSink(root, fsync=fsync)
         env = envelope()
-        writer = await sink.open(env)
+        writer = sink.open(env)
         for start in range(0, len(BODY), 100):
             writer.write(memoryview(BODY)[start : start + 100])
             assert listing(root, "new") == [] and len(listing(root, "tmp")) == 1
@@ -99,7 +99,7 @@ def test_null_sender_and_large_body_in_random_chunks(root: Path) -> None:
         sink = MaildirSink(root, buffer_size=4096)
         env = envelope(Address("", ""))
         body = random.Random(1).randbytes(1_000_000)
-        writer = await sink.open(env)
+        writer = sink.open(env)
         chunk = bytearray()
         rng = random.Random(2)
         pos = 0
@@ -122,7 +122,7 @@ def test_null_sender_and_large_body_in_random_chunks(root: Path) -> None:
 def test_abort_leaves_nothing(root: Path, fsync: bool) -> None:
     async def main() -> None:
         sink = MaildirSink(root, fsync=fsync)
-        writer = await sink.open(envelope())
+        writer = sink.open(envelope())
         writer.write(memoryview(BODY * 50))
         await writer.abort()
         await writer.abort()
@@ -137,7 +137,7 @@ def test_abort_leaves_nothing(root: Path, fsync: bool) -> None:
 
 def test_commit_twice(root: Path) -> None:
     async def main() -> None:
-        writer = await MaildirSink(root).open(envelope())
+        writer = MaildirSink(root).open(envelope())
         await writer.commit()
         with pytest.raises(SinkError):
             await writer.commit()
@@ -201,7 +201,7 @@ def test_unusable_tmp(root: Path) -> None:
     (root / "tmp").rmdir()
     (root / "tmp").symlink_to(root / "missing")
     with pytest.raises(SinkError):
-        asyncio.run(MaildirSink(root).open(envelope()))
+        MaildirSink(root).open(envelope())
     assert not list((root / "new").iterdir())
 
 
@@ -209,7 +209,7 @@ def test_unusable_tmp(root: Path) -> None:
 def test_new_not_a_directory(root: Path, fsync: bool) -> None:
     async def main() -> None:
         sink = MaildirSink(root, fsync=fsync)
-        writer = await sink.open(envelope())
+        writer = sink.open(envelope())
         writer.write(memoryview(BODY))
         (root / "new").rmdir()
         (root / "new").write_bytes(b"")
@@ -224,14 +224,14 @@ def test_new_not_a_directory(root: Path, fsync: bool) -> None:
 def test_maildir_removed_before_commit(root: Path, fsync: bool) -> None:
     async def main() -> None:
         sink = MaildirSink(root, fsync=fsync)
-        writer = await sink.open(envelope())
+        writer = sink.open(envelope())
         writer.write(memoryview(BODY))
         shutil.rmtree(root)
         with pytest.raises(SinkError, match="No such file"):
             await writer.commit()
         assert not root.exists()
         with pytest.raises(SinkError, match="cannot create a message file"):
-            await sink.open(envelope())
+            sink.open(envelope())
         assert not root.exists()
 
     asyncio.run(main())
@@ -254,7 +254,7 @@ def disk_full(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.usefixtures("disk_full")
 def test_disk_full_on_write_fails_fast(root: Path) -> None:
     async def main() -> None:
-        writer = await MaildirSink(root).open(envelope())
+        writer = MaildirSink(root).open(envelope())
         assert len(listing(root, "tmp")) == 1
         with pytest.raises(SinkError, match="disk full") as first:
             writer.write(memoryview(b"x" * 100_000))  # larger than the buffer: written at once
@@ -276,7 +276,7 @@ def test_disk_full_on_write_fails_fast(root: Path) -> None:
 @pytest.mark.usefixtures("disk_full")
 def test_disk_full_on_commit(root: Path, fsync: bool) -> None:
     async def main() -> None:
-        writer = await MaildirSink(root, fsync=fsync).open(envelope())
+        writer = MaildirSink(root, fsync=fsync).open(envelope())
         writer.write(memoryview(BODY))  # still buffered
         with pytest.raises(SinkError, match="disk full: No space left on device"):
             await writer.commit()
@@ -307,7 +307,7 @@ def test_fsync_error(root: Path, failing: str, monkeypatch: pytest.MonkeyPatch) 
 def test_cancelled_commit_leaves_no_tmp(root: Path) -> None:
     async def main() -> None:
         sink = MaildirSink(root)
-        writer = await sink.open(envelope())
+        writer = sink.open(envelope())
         writer.write(memoryview(BODY))
         task = asyncio.create_task(writer.commit())
         await asyncio.sleep(0)
@@ -327,10 +327,10 @@ def test_cancelled_commit_leaves_no_tmp(root: Path) -> None:
 def test_closed_sink_refuses(root: Path) -> None:
     async def main() -> None:
         sink = MaildirSink(root)
-        writer = await sink.open(envelope())
+        writer = sink.open(envelope())
         await sink.close()
         with pytest.raises(SinkError, match="closed"):
-            await sink.open(envelope())
+            sink.open(envelope())
         await writer.commit()  # a transaction under way still completes
         assert len(listing(root, "new")) == 1
 

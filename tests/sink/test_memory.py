@@ -22,7 +22,7 @@ def envelope() -> Envelope:
 
 
 async def deliver(sink: Sink, *chunks: bytes) -> str:
-    writer: MessageWriter = await sink.open(envelope())
+    writer: MessageWriter = sink.open(envelope())
     for chunk in chunks:
         writer.write(memoryview(chunk))
     return await writer.commit()
@@ -32,7 +32,7 @@ def test_happy_path_copies_chunks() -> None:
     async def main() -> None:
         sink = MemorySink()
         env = envelope()
-        writer = await sink.open(env)
+        writer = sink.open(env)
         buffer = bytearray(b"Subject: hi\r\n\r\n")
         writer.write(memoryview(buffer))
         buffer[:] = b"X" * len(buffer)  # the view was valid only during the call
@@ -40,7 +40,7 @@ def test_happy_path_copies_chunks() -> None:
         assert sink.messages == []
         queue_id = await writer.commit()
         [stored] = sink.messages
-        assert stored.queue_id == queue_id and len(queue_id) == 16
+        assert stored.queue_id == queue_id and len(queue_id) == 20
         assert stored.envelope is env
         assert stored.body == TRACE + b"Subject: hi\r\n\r\nbody\r\n"
         with pytest.raises(SinkError):
@@ -70,7 +70,7 @@ def test_fail_next() -> None:
 def test_abort() -> None:
     async def main() -> None:
         sink = MemorySink()
-        writer = await sink.open(envelope())
+        writer = sink.open(envelope())
         writer.write(memoryview(b"x"))
         await writer.abort()
         await writer.abort()
@@ -120,10 +120,10 @@ def test_wait_for_timeout() -> None:
 def test_close() -> None:
     async def main() -> None:
         sink = MemorySink()
-        writer = await sink.open(envelope())
+        writer = sink.open(envelope())
         await sink.close()
         with pytest.raises(SinkError, match="closed"):
-            await sink.open(envelope())
+            sink.open(envelope())
         writer.write(memoryview(b"x"))
         await writer.commit()  # a transaction under way still completes
         assert len(sink.messages) == 1
@@ -136,12 +136,12 @@ def test_null_sink_counts() -> None:
         sink = NullSink()
         ids = {await deliver(sink, b"abc", b"de") for _ in range(3)}
         assert len(ids) == 3
-        writer = await sink.open(envelope())
+        writer = sink.open(envelope())
         writer.write(memoryview(b"xyz"))
         await writer.abort()
         assert sink.messages == 3 and sink.octets == 18
         await sink.close()
         with pytest.raises(SinkError):
-            await sink.open(envelope())
+            sink.open(envelope())
 
     asyncio.run(main())

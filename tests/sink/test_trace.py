@@ -267,7 +267,7 @@ def test_queue_ids_unique_sorted_short() -> None:
     ids = [new_queue_id() for _ in range(20_000)]
     assert len(set(ids)) == len(ids)
     assert ids == sorted(ids)
-    assert all(re.fullmatch(r"[0-9A-V]{16}", i) for i in ids)
+    assert all(re.fullmatch(r"[0-9A-F]{20}", i) for i in ids)
     later = new_queue_id()
     time.sleep(0.002)
     assert new_queue_id() > later
