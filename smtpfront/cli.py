@@ -3,8 +3,9 @@
 ``serve`` runs one worker for now (the pre-fork supervisor comes with its own issue) on
 uvloop, writing each accepted message to the queue named by ``--queue``:
 
-    maildir:DIR   the embedded default (maildir:./spool): tmp/ → fsync → new/
-    null:         read and discard (benchmarks only)
+    maildir:DIR             the embedded default (maildir:./spool): tmp/ → fsync → new/
+    redis://HOST:PORT/DB    production: one Redis stream entry per message (rediss:// for TLS)
+    null:                   read and discard (benchmarks only)
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 from ._version import __version__
 from .logs import setup_logging
 from .server import SMTPServer
-from .sink.base import Sink
+from .sink.base import Sink, SinkError
 from .sink.maildir import MaildirSink
 from .sink.null import NullSink
 
@@ -48,9 +49,11 @@ def make_sink(url: str, *, fsync: bool) -> Sink:
         return MaildirSink(rest or "./spool", fsync=fsync)
     if scheme == "null":
         return NullSink()
-    if scheme in ("redis", "rediss", "redis+sentinel"):
-        raise SystemExit(f"--queue {url}: the Redis Streams queue is not built yet; use maildir:DIR")
-    raise SystemExit(f"--queue {url!r}: unknown queue; use maildir:DIR or null:")
+    if scheme in ("redis", "rediss"):
+        from .sink.redis_streams import RedisStreamSink
+
+        return RedisStreamSink(url)
+    raise SystemExit(f"--queue {url!r}: unknown queue; use redis://HOST:PORT/DB, rediss://…, maildir:DIR or null:")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", type=parse_listen, default=parse_listen(_env("LISTEN", "127.0.0.1:2525")),
                        help="HOST:PORT to listen on (default 127.0.0.1:2525)")
     serve.add_argument("--queue", default=_env("QUEUE", "maildir:./spool"),
-                       help="maildir:DIR (default maildir:./spool) or null:")
+                       help="redis://HOST:PORT/DB, maildir:DIR (default maildir:./spool) or null:")
     serve.add_argument("--workers", type=int, default=int(_env("WORKERS", "1")), help="worker processes (1)")
     serve.add_argument("--hostname", default=_env("HOSTNAME", "") or None, help="name in greeting and Received")
     serve.add_argument("--tls-cert", default=_env("TLS_CERT", "") or None, help="PEM certificate chain")
@@ -86,7 +89,11 @@ async def serve(args: argparse.Namespace) -> int:
         size=args.size, max_clients=args.max_clients, lmtp=args.lmtp, tls=not args.no_tls,
         cert_file=args.tls_cert, key_file=args.tls_key,
     )
-    await server.start()
+    try:
+        await server.start()
+    except SinkError as exc:
+        print(f"smtpfront: cannot start: {exc}", file=sys.stderr)
+        return 1
     log.info("listening", extra={"address": f"{host}:{server.port}", "queue": args.queue})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
