@@ -26,11 +26,17 @@ def free_port() -> int:
 
 @dataclass
 class RedisServer:
-    """A running redis-server: its port and URL, and a way to stop and restart it."""
+    """A running redis-server: its port and URL, and a way to stop and restart it.
+
+    ``appendonly``: persist every write (``--appendonly yes --appendfsync always`` in
+    ``directory``: fsynced before the reply), so a stop/start on the same port keeps the
+    data; the default is an in-memory server that starts empty.
+    """
 
     port: int
     directory: Path
     process: subprocess.Popen[bytes] | None = None
+    appendonly: bool = False
 
     @property
     def url(self) -> str:
@@ -40,8 +46,9 @@ class RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed: run the tests with `bash tests/run.sh`, which installs it")
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly else ["--appendonly", "no"]
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *persistence,
              "--dir", str(self.directory), "--protected-mode", "yes"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )

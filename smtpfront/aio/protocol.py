@@ -552,6 +552,12 @@ class SMTPProtocol(asyncio.BufferedProtocol):
                             event.hostname, apply=apply)
 
     def _on_mail(self, event: MailFrom) -> Coroutine[Any, Any, None] | None:
+        if self.state.sink.full:
+            # Load shedding (DESIGN rule 5): the queue is past its high-water mark. RFC 5321
+            # §4.2.2: 452 "insufficient system storage" asks the client to retry later.
+            self.conn.send(R.INSUFFICIENT_STORAGE)
+            self._emit("reject", self.session, R.INSUFFICIENT_STORAGE)
+            return None
         def apply(reply: Reply, rewritten: object) -> None:
             if reply.is_positive:
                 self.session.mail_from = rewritten if isinstance(rewritten, Address) else event.address
@@ -651,12 +657,20 @@ class SMTPProtocol(asyncio.BufferedProtocol):
                 self._writer = None
                 self._refusal = R.QUEUE_UNAVAILABLE
                 self.loop.create_task(writer.abort())
+            else:
+                pressure = writer.pressure()
+                if pressure is not None:  # the sink holds too much in flight: stop reading
+                    return self._wait_pressure(pressure)
         # Extend the body deadline: each octet buys 1/min_data_rate s (slowloris defence).
         self._deadline += len(event.data) / self.settings.timeouts.min_data_rate
         stream = self._stream
         if stream is not None and not stream.push(bytes(event.data)):
             return self._wait_for_consumer(stream)  # the consumer is behind: stop reading
         return None
+
+    async def _wait_pressure(self, pressure: Awaitable[None]) -> None:
+        async with asyncio.timeout(self.settings.timeouts.sink):
+            await pressure
 
     async def _wait_for_consumer(self, stream: _BodyStream) -> None:
         await asyncio.wait_for(stream.drained.wait(), self.settings.timeouts.hook)

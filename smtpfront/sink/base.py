@@ -12,6 +12,7 @@ call (it points into the connection's receive buffer); a writer that keeps data 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -63,9 +64,17 @@ class MessageWriter(Protocol):
     async def abort(self) -> None:
         """Forget the message (the transaction failed or the client went away)."""
 
+    def pressure(self) -> Awaitable[None] | None:
+        """None to go on; an awaitable the caller waits on (not reading the client) when
+        the destination holds too much in flight (backpressure, DESIGN rule 5)."""
+
 
 class Sink(Protocol):
     """A destination for accepted messages."""
+
+    @property
+    def full(self) -> bool:
+        """True while the queue is past its high-water mark: new transactions get 452."""
 
     def open(self, envelope: Envelope) -> MessageWriter:
         """Start a message; raises SinkError when the destination cannot take one now.

@@ -73,6 +73,8 @@ class MaildirSink:
         buffer_size: bytes buffered per message before a write reaches the page cache.
     """
 
+    full = False  # disk-full shows as a SinkError at open/commit (451), not as load shedding
+
     def __init__(
         self,
         directory: str | os.PathLike[str],
@@ -219,6 +221,10 @@ class MaildirWriter:
             except BaseException:
                 _unlink(target)  # not durable, and the client will retry: no duplicate
                 raise
+
+    def pressure(self) -> None:
+        """No backpressure: the data is already where it goes."""
+        return None
 
     async def abort(self) -> None:
         """Close and unlink the tmp file; a no-op after commit, failure or a second abort."""

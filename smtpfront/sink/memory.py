@@ -37,6 +37,7 @@ class MemorySink:
 
     def __init__(self) -> None:
         self.messages: list[StoredMessage] = []
+        self.full = False  # set by tests to exercise load shedding (452 4.3.1)
         self.fail_next = 0
         self.aborted = 0
         self.closed = False
@@ -108,6 +109,10 @@ class MemoryWriter:
         queue_id = new_queue_id()
         sink._store(StoredMessage(self._envelope, bytes(body), queue_id))
         return queue_id
+
+    def pressure(self) -> None:
+        """No backpressure: the data is already where it goes."""
+        return None
 
     async def abort(self) -> None:
         """Drop the message; a no-op after commit or a second abort."""

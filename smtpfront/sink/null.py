@@ -19,6 +19,8 @@ class NullSink:
         octets: body octets written to committed and uncommitted messages alike.
     """
 
+    full = False  # never past a high-water mark
+
     def __init__(self) -> None:
         self.messages = 0
         self.octets = 0
@@ -51,6 +53,10 @@ class NullWriter:
         """Count the message; return a fresh queue id."""
         self._sink.messages += 1
         return new_queue_id()
+
+    def pressure(self) -> None:
+        """No backpressure: the data is already where it goes."""
+        return None
 
     async def abort(self) -> None:
         """Nothing to forget."""

@@ -21,14 +21,15 @@ Rule: this is the only module that imports ``redis``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Literal
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from .base import Envelope, SinkError
 from .record import envelope_fields
@@ -38,6 +39,28 @@ __all__ = ["RedisStreamSink", "RedisStreamWriter"]
 log = logging.getLogger(__name__)
 
 
+# Idempotent enqueue (DESIGN "Nothing lost", issue 4): one atomic step. If the key of this
+# message was seen within the window, return the entry id stored under it (the client that
+# lost our 250 gets the same queue id again); otherwise XADD and remember the id.
+# KEYS[1] dedup key, KEYS[2] stream; ARGV[1] window s, ARGV[2] MAXLEN (0: none), ARGV[3..] fields.
+_DEDUP_SCRIPT = b"""
+local seen = redis.call('GET', KEYS[1])
+if seen then return seen end
+local id
+if tonumber(ARGV[2]) > 0 then
+  id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
+else
+  id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
+end
+redis.call('SET', KEYS[1], id, 'EX', ARGV[1])
+return id
+"""
+
+
+async def _wait(event: asyncio.Event) -> None:
+    await event.wait()
+
+
 def _bulk(arg: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(arg), arg)
 
@@ -45,38 +68,79 @@ def _bulk(arg: bytes) -> bytes:
 class RedisStreamWriter:
     """Collects one message's body parts until commit."""
 
-    __slots__ = ("_sink", "_envelope", "_parts", "_size")
+    __slots__ = ("_sink", "_envelope", "_parts", "_size", "_digest")
 
     def __init__(self, sink: RedisStreamSink, envelope: Envelope) -> None:
         self._sink = sink
         self._envelope = envelope
         self._parts: list[bytes] = [envelope.trace] if envelope.trace else []
         self._size = len(envelope.trace)
+        self._digest = hashlib.sha256() if sink.dedup_window else None
 
     def write(self, data: memoryview) -> None:
         """Keep a copy of the chunk (the view points into the receive buffer)."""
         self._parts.append(bytes(data))
         self._size += len(data)
+        if self._digest is not None:
+            self._digest.update(data)
+
+    def pressure(self) -> Awaitable[None] | None:
+        """Past the worker's in-flight budget (bytes queued for Redis): wait for it to drain.
+
+        Only committed bytes count: they drain by themselves as batches complete. Bytes of
+        messages still arriving do not (their clients may be the ones waiting here); they
+        are bounded by the message size limit times the connection limit.
+        """
+        return self._sink._pressure()
 
     async def commit(self) -> str:
         """XADD the record (in the next batch); returns the stream entry id."""
-        return await self._sink._commit(self._packed())
+        sink, size = self._sink, self._size
+        packed = self._packed()
+        self._parts = []
+        sink.inflight += size
+        try:
+            return await sink._commit(packed)
+        finally:
+            sink._released(size)
 
     async def abort(self) -> None:
         """Nothing was sent yet: forget the parts."""
         self._parts = []
 
+    def _dedup_key(self) -> bytes:
+        """The idempotency key: the envelope and the body (our trace, which is unique, excluded).
+
+        A client that lost our 250 and retries sends the same sender, recipients and body
+        (Message-ID included), so it maps to the same key within the window.
+        """
+        assert self._digest is not None
+        digest = self._digest.copy()
+        env = self._envelope
+        digest.update(b"\0" + str(env.mail_from).encode() + b"\0")
+        digest.update(b"\0".join(str(r.address).encode() for r in env.recipients))
+        return self._sink._dedup_prefix + digest.hexdigest().encode()
+
     def _packed(self) -> list[bytes]:
-        """The XADD command in RESP, the body as its parts (no concatenation)."""
-        head: list[bytes] = [self._sink._xadd_prefix]
+        """The XADD command in RESP (or the dedup script around it), the body as its parts."""
+        sink = self._sink
         fields = envelope_fields(self._envelope)
-        count = self._sink._xadd_args + 2 * len(fields) + 2
+        head: list[bytes] = []
         for name, value in fields:
             head.append(_bulk(name))
             head.append(_bulk(value))
         head.append(_bulk(b"body"))
         head.append(b"$%d\r\n" % self._size)
-        return [b"*%d\r\n" % count + b"".join(head), *self._parts, b"\r\n"]
+        if self._digest is None:
+            count = sink._xadd_args + 2 * len(fields) + 2
+            prefix = b"*%d\r\n" % count + sink._xadd_prefix
+        else:
+            # EVALSHA sha 2 dedup-key stream window maxlen field value ... (see _DEDUP_SCRIPT)
+            count = 7 + 2 * len(fields) + 2
+            prefix = b"*%d\r\n" % count + b"".join(_bulk(a) for a in (
+                b"EVALSHA", sink._dedup_sha, b"2", self._dedup_key(), sink.stream.encode(),
+                str(sink.dedup_window).encode(), str(sink.maxlen or 0).encode()))
+        return [prefix + b"".join(head), *self._parts, b"\r\n"]
 
 
 class RedisStreamSink:
@@ -94,9 +158,23 @@ class RedisStreamSink:
 
     def __init__(self, url: str, *, stream: str = "smtpfront:inbound", maxlen: int | None = None,
                  timeout: float = 10.0, durability: Literal["ack", "replicated"] = "ack", replicas: int = 1,
-                 wait_timeout_ms: int = 1000) -> None:
+                 wait_timeout_ms: int = 1000, dedup_window: int = 900, high_water: int | None = None,
+                 group: str | None = None, monitor_interval: float = 1.0,
+                 inflight_budget: int = 64 * 1024 * 1024) -> None:
         self.url = url
         self.stream = stream
+        self.maxlen = maxlen
+        self.dedup_window = dedup_window
+        self.high_water = high_water
+        self.group = group
+        self.monitor_interval = monitor_interval
+        self.inflight_budget = inflight_budget
+        self.inflight = 0  # octets committed and not yet acknowledged by Redis
+        self.full = False  # past high_water: the server answers new transactions 452
+        self._drained: asyncio.Event | None = None
+        self._monitor: asyncio.Task[None] | None = None
+        self._dedup_prefix = f"{stream}:dedup:".encode()
+        self._dedup_sha = hashlib.sha1(_DEDUP_SCRIPT).hexdigest().encode()  # Redis names scripts by SHA-1
         self.durability = durability
         self.replicas = replicas
         self.wait_timeout_ms = wait_timeout_ms
@@ -119,11 +197,53 @@ class RedisStreamSink:
         self.max_batch = 0
 
     async def start(self) -> None:
-        """Connect and check the server answers (a clear error at start, not at the first message)."""
+        """Connect, check the server answers, load the dedup script, start the high-water monitor."""
         try:
             await self._redis.ping()
+            if self.dedup_window:
+                await self._redis.script_load(_DEDUP_SCRIPT)
         except RedisError as exc:
             raise SinkError(f"redis queue {self._safe_url}: {exc}") from exc
+        if self.high_water is not None:
+            await self._measure()
+            self._monitor = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _measure(self) -> None:
+        """full ⇔ the backlog (the group's lag when a group is named, else XLEN) > high_water."""
+        assert self.high_water is not None
+        backlog: int | None = None
+        if self.group is not None:
+            for info in await self._redis.xinfo_groups(self.stream):
+                name = info.get("name")
+                if name in (self.group, self.group.encode()) and info.get("lag") is not None:
+                    backlog = int(info["lag"])
+        if backlog is None:
+            backlog = int(await self._redis.xlen(self.stream))
+        full = backlog > self.high_water
+        if full != self.full:
+            log.warning("redis queue %s %s its high-water mark (%d > %d)", self._safe_url,
+                        "passed" if full else "is back under", backlog, self.high_water)
+        self.full = full
+
+    async def _watch(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(self.monitor_interval)
+            try:
+                await self._measure()
+            except RedisError as exc:  # Redis away: commits already fail with 451
+                log.debug("high-water check failed: %s", exc)
+
+    def _pressure(self) -> Awaitable[None] | None:
+        if self.inflight <= self.inflight_budget:
+            return None
+        if self._drained is None or self._drained.is_set():
+            self._drained = asyncio.Event()
+        return _wait(self._drained)
+
+    def _released(self, octets: int) -> None:
+        self.inflight -= octets
+        if self._drained is not None and self.inflight <= self.inflight_budget // 2:
+            self._drained.set()
 
     @property
     def _safe_url(self) -> str:
@@ -173,6 +293,9 @@ class RedisStreamSink:
                 try:
                     entry = await conn.read_response()
                     results.append(entry.decode() if isinstance(entry, bytes) else str(entry))
+                except NoScriptError as exc:  # Redis restarted: reload the script, fail this batch
+                    self._load_script_soon()
+                    results.append(exc)
                 except ResponseError as exc:  # e.g. OOM: this entry failed, the stream is in sync
                     results.append(exc)
             if self.durability == "replicated":
@@ -201,12 +324,23 @@ class RedisStreamSink:
             error = SinkError(f"only {acked} of {self.replicas} replicas confirmed within {self.wait_timeout_ms} ms")
             results[:] = [error] * len(results)
 
+    def _load_script_soon(self) -> None:
+        async def load() -> None:
+            try:
+                await self._redis.script_load(_DEDUP_SCRIPT)
+            except RedisError as exc:
+                log.warning("cannot load the dedup script: %s", exc)
+
+        asyncio.get_running_loop().create_task(load())
+
     def _fail(self, batch: Sequence[tuple[list[bytes], asyncio.Future[str]]], exc: BaseException) -> None:
         """Fail a batch, drop the connection (its replies are out of step), back off."""
         conn, self._conn = self._conn, None
         if conn is not None:
             asyncio.get_running_loop().create_task(conn.disconnect(nowait=True))
         self._backoff = min(5.0, self._backoff * 2 or 0.1)
+        if self.dedup_window:
+            self._load_script_soon()  # a restarted Redis has forgotten it
         self._down_until = time.monotonic() + self._backoff
         log.warning("redis queue %s failed (%s); retrying in %.1f s", self._safe_url, exc, self._backoff)
         error = SinkError(f"redis queue {self._safe_url}: {exc}")
@@ -217,6 +351,8 @@ class RedisStreamSink:
     async def close(self) -> None:
         """Let the batch in flight finish, then close the connections."""
         self._closed = True
+        if self._monitor is not None:
+            self._monitor.cancel()
         for _ in range(200):
             if not self._flushing:
                 break

@@ -139,3 +139,90 @@ def test_start_fails_clearly_when_redis_is_not_there(redis_server: RedisServer) 
             await sink.start()
 
     asyncio.run(main())
+
+
+def test_a_retried_message_is_not_queued_twice(redis_server: RedisServer) -> None:
+    body = b"Message-ID: <retry@example.org>\r\nSubject: retry\r\n\r\nsame\r\n"
+    replies: list[bytes] = []
+
+    def client(port: int) -> None:
+        for payload in (body, body, body + b"different\r\n"):
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:  # a new connection, as a retry is
+                smtp.ehlo()
+                smtp.mail("alice@example.org")
+                smtp.rcpt("bob@example.net")
+                code, reply = smtp.data(payload)
+                assert code == 250
+                replies.append(reply)
+
+    run_server_and(redis_server.url, client)
+    first, retry, other = (r.rsplit(b" ", 1)[1] for r in replies)
+    assert first == retry != other  # the retry is answered with the original entry id
+    assert len(entries(redis_server.url)) == 2
+
+
+def test_dedup_can_be_turned_off(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        sink = RedisStreamSink(redis_server.url, dedup_window=0)
+        await sink.start()
+        for _ in range(2):
+            writer = sink.open(envelope())
+            writer.write(memoryview(b"same body\r\n"))
+            await writer.commit()
+        await sink.close()
+
+    asyncio.run(main())
+    assert len(entries(redis_server.url)) == 2
+
+
+def test_past_the_high_water_mark_new_transactions_get_452(redis_server: RedisServer) -> None:
+    sink = RedisStreamSink(redis_server.url, high_water=2, monitor_interval=0.05)
+
+    def client(port: int) -> None:
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+            for n in range(3):
+                smtp.sendmail("a@example.org", ["b@example.net"], b"Subject: %d\r\n\r\nx\r\n" % n)
+            time.sleep(0.3)  # the monitor sees 3 > 2
+            code, reply = smtp.mail("a@example.org")
+            assert (code, reply[:5]) == (452, b"4.3.1"), (code, reply)
+            redis.Redis.from_url(redis_server.url).xtrim(STREAM, maxlen=0)  # consumers caught up
+            time.sleep(0.3)
+            assert smtp.mail("a@example.org")[0] == 250
+
+    async def main() -> None:
+        async with SMTPServer(port=0, sink=sink, tls=False) as server:
+            await asyncio.get_running_loop().run_in_executor(None, client, server.port)
+
+    asyncio.run(main())
+
+
+def test_inflight_budget_pauses_and_resumes_without_losing_mail(redis_server: RedisServer) -> None:
+    waited = 0
+
+    async def main() -> RedisStreamSink:
+        nonlocal waited
+        sink = RedisStreamSink(redis_server.url, inflight_budget=20_000, dedup_window=0)
+        await sink.start()
+        control = redis.Redis.from_url(redis_server.url)
+        control.execute_command("CLIENT", "PAUSE", "400", "WRITE")  # Redis slow: commits pile up
+        control.close()
+
+        async def one(n: int) -> None:
+            nonlocal waited
+            await asyncio.sleep(n * 0.005)  # later writers arrive while earlier commits wait
+            writer = sink.open(envelope(n))
+            writer.write(memoryview(b"y" * 4096))
+            pressure = writer.pressure()
+            if pressure is not None:
+                waited += 1
+                await asyncio.wait_for(pressure, 10)
+            await writer.commit()
+
+        await asyncio.gather(*(one(n) for n in range(40)))
+        assert sink.inflight == 0
+        await sink.close()
+        return sink
+
+    sink = asyncio.run(main())
+    assert waited > 0  # the budget made writers wait instead of buffering without bound
+    assert sink.entries == 40 and len(entries(redis_server.url)) == 40
