@@ -1,4 +1,4 @@
-"""The command line: ``smtpfront serve | version``.
+"""The command line: ``smtpfront serve | consume | version``.
 
 ``serve`` runs one worker for now (the pre-fork supervisor comes with its own issue) on
 uvloop, writing each accepted message to the queue named by ``--queue``:
@@ -77,6 +77,27 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-fsync", action="store_true", help="maildir: do not fsync (a crash may lose mail)")
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
     serve.add_argument("--log-format", choices=["json", "plain"], default=_env("LOG_FORMAT", "json"))
+    consume = sub.add_parser("consume", help="deliver queued mail from a Redis stream to a Maildir or a command")
+    consume.add_argument("--queue", default=_env("QUEUE", ""), help="redis://HOST:PORT/DB (or rediss://…)")
+    consume.add_argument("--stream", default=_env("STREAM", "smtpfront:inbound"), help="(smtpfront:inbound)")
+    consume.add_argument("--group", default=_env("GROUP", "smtpfront"), help="consumer group (smtpfront)")
+    consume.add_argument("--name", default=_env("CONSUMER_NAME", "") or None, help="consumer name (hostname-pid)")
+    consume.add_argument("--max-deliveries", type=int, default=int(_env("MAX_DELIVERIES", "5")),
+                         help="deliveries before an entry goes to STREAM:dead (5)")
+    consume.add_argument("--claim-idle-ms", type=int, default=int(_env("CLAIM_IDLE_MS", "60000")),
+                         help="retry entries pending this long, a crashed consumer's too (60000)")
+    consume.add_argument("--block-ms", type=int, default=int(_env("BLOCK_MS", "5000")),
+                         help="longest wait for new entries; bounds the time SIGTERM takes (5000)")
+    consume.add_argument("--exec-timeout", type=float, default=float(_env("EXEC_TIMEOUT", "60")),
+                         help="--exec: seconds before the command is killed and retried later (60)")
+    consume.add_argument("--no-fsync", action="store_true", help="--maildir: do not fsync")
+    consume.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+    consume.add_argument("--log-format", choices=["json", "plain"], default=_env("LOG_FORMAT", "json"))
+    target = consume.add_mutually_exclusive_group(required=True)
+    target.add_argument("--maildir", metavar="DIR", help="deliver into this Maildir")
+    target.add_argument("--exec", nargs=argparse.REMAINDER, metavar="CMD",
+                        help="pipe each message into CMD ARGS... (last option; exit 75 retries, other failures "
+                             "dead-letter)")
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -106,12 +127,42 @@ async def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+async def consume(args: argparse.Namespace) -> int:
+    """Deliver queued messages until SIGTERM/SIGINT, then finish the batch and exit."""
+    from .consumer import Consumer, Handler, exec_handler, maildir_handler
+
+    if not args.queue.startswith(("redis://", "rediss://", "unix://")):
+        raise SystemExit(f"--queue {args.queue!r}: consume wants redis://HOST:PORT/DB")
+    if args.exec is not None and not args.exec:
+        raise SystemExit("--exec: no command given")
+    handler: Handler = (
+        exec_handler(args.exec, timeout=args.exec_timeout) if args.exec
+        else maildir_handler(args.maildir, fsync=not args.no_fsync)
+    )
+    consumer = Consumer(
+        args.queue, stream=args.stream, group=args.group, name=args.name, block_ms=args.block_ms,
+        claim_idle_ms=args.claim_idle_ms, max_deliveries=args.max_deliveries,
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, consumer.stop)
+    log.info("consuming", extra={"stream": args.stream, "group": args.group, "consumer": consumer.name})
+    await consumer.run(handler)
+    log.info("stopped")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``smtpfront`` command."""
     args = build_parser().parse_args(argv)
     if args.command == "version":
         print(__version__)
         return 0
+    if args.command == "consume":
+        setup_logging(args.log_level, json=args.log_format == "json")
+        import uvloop
+
+        return int(uvloop.run(consume(args)))
     if args.workers != 1:
         raise SystemExit("--workers: only 1 worker until the pre-fork supervisor is built")
     setup_logging(args.log_level, json=args.log_format == "json")

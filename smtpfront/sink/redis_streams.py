@@ -186,6 +186,7 @@ class RedisStreamSink:
         self._xadd_args = len(args)
         self._xadd_prefix = b"".join(_bulk(a) for a in args)
         self._conn: Connection | None = None
+        self._script_ready = False  # the dedup script is loaded on _conn
         self._pending: list[tuple[list[bytes], asyncio.Future[str]]] = []
         self._flushing = False
         self._backoff = 0.0
@@ -284,6 +285,12 @@ class RedisStreamSink:
             if conn is None:
                 conn = self._conn = self._redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
                 await conn.connect()
+                self._script_ready = False
+            if self.dedup_window and not self._script_ready:
+                # On this connection, before the batch: a restarted Redis has no scripts.
+                await conn.send_command("SCRIPT", "LOAD", _DEDUP_SCRIPT, check_health=False)
+                await conn.read_response()
+                self._script_ready = True
             out: list[bytes] = []
             for packed, _ in batch:
                 out.extend(packed)
@@ -293,8 +300,8 @@ class RedisStreamSink:
                 try:
                     entry = await conn.read_response()
                     results.append(entry.decode() if isinstance(entry, bytes) else str(entry))
-                except NoScriptError as exc:  # Redis restarted: reload the script, fail this batch
-                    self._load_script_soon()
+                except NoScriptError as exc:  # scripts flushed: reload before the next batch
+                    self._script_ready = False
                     results.append(exc)
                 except ResponseError as exc:  # e.g. OOM: this entry failed, the stream is in sync
                     results.append(exc)
@@ -324,23 +331,12 @@ class RedisStreamSink:
             error = SinkError(f"only {acked} of {self.replicas} replicas confirmed within {self.wait_timeout_ms} ms")
             results[:] = [error] * len(results)
 
-    def _load_script_soon(self) -> None:
-        async def load() -> None:
-            try:
-                await self._redis.script_load(_DEDUP_SCRIPT)
-            except RedisError as exc:
-                log.warning("cannot load the dedup script: %s", exc)
-
-        asyncio.get_running_loop().create_task(load())
-
     def _fail(self, batch: Sequence[tuple[list[bytes], asyncio.Future[str]]], exc: BaseException) -> None:
         """Fail a batch, drop the connection (its replies are out of step), back off."""
         conn, self._conn = self._conn, None
         if conn is not None:
             asyncio.get_running_loop().create_task(conn.disconnect(nowait=True))
         self._backoff = min(5.0, self._backoff * 2 or 0.1)
-        if self.dedup_window:
-            self._load_script_soon()  # a restarted Redis has forgotten it
         self._down_until = time.monotonic() + self._backoff
         log.warning("redis queue %s failed (%s); retrying in %.1f s", self._safe_url, exc, self._backoff)
         error = SinkError(f"redis queue {self._safe_url}: {exc}")

@@ -1,0 +1,378 @@
+"""The Redis Streams consumer: hand each queued message to a handler, at least once.
+
+Rule (DESIGN.md "Nothing lost", "Queue record"): an entry is acknowledged (``XACK``) only
+after its handler returned, or after a copy of it is in the dead-letter stream. Anything
+else leaves it pending in the consumer group, so a crash or a failing handler means
+"delivered again later", never "lost": entries idle for ``claim_idle_ms`` (a crashed
+consumer's, or ones whose handler raised) are taken over with ``XAUTOCLAIM`` and retried,
+until ``max_deliveries`` deliveries, after which the entry goes to the dead-letter stream
+with its ``origin_id``, ``reason`` and ``deliveries``.
+
+At least once means handlers must tolerate duplicates: an ``XACK`` lost with the
+connection, or a handler running longer than ``claim_idle_ms`` (another consumer then
+claims the entry), delivers a message twice.
+
+Redis errors never end :meth:`Consumer.run`: it logs, backs off (0.1 s doubling to 5 s),
+reconnects and recreates a vanished group (``NOGROUP`` after a Redis restart) itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError, ResponseError
+from redis.retry import Retry
+
+from .core.events import Address, MailParams
+from .sink.base import Envelope
+from .sink.maildir import MaildirSink
+from .sink.record import RecordError, decode_record
+
+__all__ = ["Consumer", "Handler", "Message", "PermanentError", "exec_handler", "maildir_handler"]
+
+log = logging.getLogger(__name__)
+
+_BACKOFF_MIN = 0.1
+_BACKOFF_MAX = 5.0
+_REASON_MAX = 1000  # characters of an exception or stderr kept in a dead letter's reason
+EX_TEMPFAIL = 75  # sysexits.h: "temporary failure, try again later"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One delivered queue record.
+
+    Attributes:
+        id: the stream entry id.
+        stream: the stream it came from.
+        envelope: the record's ``envelope`` object (see :mod:`smtpfront.sink.record`).
+        body: the message with the front end's ``Received:`` header first.
+        deliveries: how many times the entry was delivered, 1 the first time.
+    """
+
+    id: str
+    stream: str
+    envelope: dict[str, Any]
+    body: bytes
+    deliveries: int
+
+
+Handler = Callable[[Message], Awaitable[None]]
+"""Returns to acknowledge; raises to leave the entry pending (retried later)."""
+
+
+class PermanentError(Exception):
+    """Raised by a handler for a message that retrying cannot help: dead-letter it now."""
+
+
+class Consumer:
+    """Reads one stream through a consumer group and calls a handler per message.
+
+    Args:
+        redis_url: ``redis://HOST:PORT/DB`` (also ``rediss://``, ``unix://``).
+        stream: the stream the front end writes.
+        group: the consumer group; created when missing.
+        name: this consumer's name in the group; ``None`` is ``<hostname>-<pid>``.
+        batch: entries read (or claimed) per round trip; a batch is handled concurrently.
+        block_ms: how long one ``XREADGROUP`` waits for new entries; :meth:`stop` takes
+            at most this long plus the current batch.
+        claim_idle_ms: pending entries idle this long are claimed and delivered again.
+            Must exceed the longest handler run, or live work is delivered twice.
+        max_deliveries: deliveries before an entry goes to the dead-letter stream.
+        dead_letter_stream: ``None`` is ``f"{stream}:dead"``.
+        start_id: where a newly created group starts: ``"0"`` (default) delivers what was
+            queued before the group existed; ``"$"`` only what arrives after.
+    """
+
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        stream: str = "smtpfront:inbound",
+        group: str = "smtpfront",
+        name: str | None = None,
+        batch: int = 16,
+        block_ms: int = 5000,
+        claim_idle_ms: int = 60_000,
+        max_deliveries: int = 5,
+        dead_letter_stream: str | None = None,
+        start_id: str = "0",
+    ) -> None:
+        if batch < 1 or block_ms < 1 or claim_idle_ms < 1 or max_deliveries < 1:
+            raise ValueError("batch, block_ms, claim_idle_ms and max_deliveries must be positive")
+        self.redis_url = redis_url
+        self.stream = stream
+        self.group = group
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.batch = batch
+        self.block_ms = block_ms
+        self.claim_idle_ms = claim_idle_ms
+        self.max_deliveries = max_deliveries
+        self.dead_letter_stream = dead_letter_stream or f"{stream}:dead"
+        self.start_id = start_id
+        self._stop = asyncio.Event()
+        self._redis: aioredis.Redis | None = None
+        self._group_ready = False
+
+    def stop(self) -> None:
+        """Make :meth:`run` return after the current batch (at once if called before it).
+
+        Call it from the event loop's thread (a signal handler added with
+        ``loop.add_signal_handler`` is).
+        """
+        self._stop.set()
+
+    async def run(self, handler: Handler) -> None:
+        """Deliver messages to ``handler`` until :meth:`stop` is called.
+
+        Redis errors are logged and retried after a back-off (reconnecting, recreating
+        the group); so is an unexpected error, with its traceback. Only cancellation ends
+        this early. A handler's error concerns its message only (see :data:`Handler`).
+        """
+        loop = asyncio.get_running_loop()
+        backoff = _BACKOFF_MIN
+        next_claim = 0.0
+        try:
+            while not self._stop.is_set():
+                try:
+                    if not self._group_ready:
+                        await self._create_group()
+                    if loop.time() >= next_claim:
+                        await self._claim(handler)
+                        next_claim = loop.time() + self.claim_idle_ms / 2000
+                    if not self._stop.is_set():
+                        await self._read(handler)
+                    backoff = _BACKOFF_MIN
+                    continue
+                except ResponseError as exc:
+                    # NOGROUP: the stream or group vanished (a Redis restart, a DEL); UNBLOCKED:
+                    # it vanished while XREADGROUP waited on it.
+                    if str(exc).startswith(("NOGROUP", "UNBLOCKED")):
+                        log.warning("consumer group %s missing on %s: recreating it", self.group, self.stream)
+                        self._group_ready = False
+                    else:
+                        log.error("redis error: %s; retrying in %.1fs", exc, backoff)
+                except (RedisError, OSError) as exc:
+                    log.warning("redis unavailable: %s; retrying in %.1fs", exc, backoff)
+                    await self._disconnect()
+                except Exception:
+                    log.exception("unexpected error in the consumer loop; retrying in %.1fs", backoff)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+        finally:
+            self._stop.clear()  # a stop() before run() counts; one after it returned does not
+            await self._disconnect()
+
+    def _client(self) -> aioredis.Redis:
+        if self._redis is None:
+            # Protocol 2 pins the reply shapes across redis-py versions; no retries inside
+            # redis-py (our loop backs off); the socket timeout outlasts a blocking read.
+            self._redis = aioredis.Redis.from_url(
+                self.redis_url, decode_responses=False, protocol=2, retry=Retry(NoBackoff(), 0),
+                socket_connect_timeout=5, socket_timeout=self.block_ms / 1000 + 10,
+            )
+        return self._redis
+
+    async def _disconnect(self) -> None:
+        client, self._redis = self._redis, None
+        self._group_ready = False
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.aclose(), 5)
+
+    async def _create_group(self) -> None:
+        try:
+            await self._client().xgroup_create(self.stream, self.group, self.start_id, mkstream=True)
+            log.info("created consumer group %s on %s at %s", self.group, self.stream, self.start_id)
+        except ResponseError as exc:
+            if not str(exc).startswith("BUSYGROUP"):
+                raise
+        self._group_ready = True
+
+    async def _claim(self, handler: Handler) -> None:
+        """Take over entries idle for ``claim_idle_ms`` (a crashed consumer's, or failed ones)."""
+        client = self._client()
+        cursor: bytes | str = "0-0"
+        while not self._stop.is_set():
+            reply: Any = await client.xautoclaim(
+                self.stream, self.group, self.name, self.claim_idle_ms, cursor, count=self.batch
+            )
+            cursor, entries = reply[0], [(i, f) for i, f in reply[1] if f is not None]
+            if entries:
+                # The claim raised each entry's delivery count; XPENDING tells it.
+                async with client.pipeline(transaction=False) as pipe:
+                    for entry_id, _ in entries:
+                        pipe.xpending_range(self.stream, self.group, entry_id, entry_id, 1, self.name)
+                    pending = await pipe.execute()
+                counts = {p["message_id"]: int(p["times_delivered"]) for rows in pending for p in rows}
+                log.info("claimed %d idle entries on %s", len(entries), self.stream)
+                await self._handle([(i, f, counts[i]) for i, f in entries if i in counts], handler)
+            if cursor in (b"0-0", "0-0"):
+                return
+
+    async def _read(self, handler: Handler) -> None:
+        reply: Any = await self._client().xreadgroup(
+            self.group, self.name, {self.stream: ">"}, count=self.batch, block=self.block_ms
+        )
+        for _stream, entries in reply or ():
+            await self._handle([(i, f, 1) for i, f in entries], handler)
+
+    async def _handle(self, entries: list[tuple[bytes, dict[bytes, bytes], int]], handler: Handler) -> None:
+        """Deliver a batch concurrently, then ``XACK`` the delivered ones in one call."""
+        results = await asyncio.gather(*(self._deliver(*e, handler) for e in entries), return_exceptions=True)
+        done = [r for r in results if isinstance(r, bytes)]
+        if done:
+            await self._client().xack(self.stream, self.group, *done)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result  # a Redis error while dead-lettering: the loop backs off
+
+    async def _deliver(
+        self, entry_id: bytes, fields: dict[bytes, bytes], deliveries: int, handler: Handler
+    ) -> bytes | None:
+        """Return the id to acknowledge, or ``None`` to leave the entry pending."""
+        ident = entry_id.decode()
+        try:
+            envelope, body = decode_record(fields)
+        except RecordError as exc:
+            log.error("entry %s on %s is not a record: %s; dead-lettering it", ident, self.stream, exc)
+            await self._dead_letter(entry_id, fields, deliveries, str(exc))
+            return None
+        if deliveries > self.max_deliveries:  # e.g. the handler kept killing its process
+            log.error("entry %s on %s was delivered %d times; dead-lettering it", ident, self.stream, deliveries)
+            await self._dead_letter(entry_id, fields, deliveries, f"delivered {deliveries} times")
+            return None
+        try:
+            await handler(Message(ident, self.stream, envelope, body, deliveries))
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"[:_REASON_MAX]
+            final = isinstance(exc, PermanentError) or deliveries >= self.max_deliveries
+            log.error(
+                "handler failed for %s (delivery %d of %d)%s", ident, deliveries, self.max_deliveries,
+                "; dead-lettering it" if final else "; it stays pending", exc_info=True,
+            )
+            if final:
+                await self._dead_letter(entry_id, fields, deliveries, reason)
+            return None
+        return entry_id
+
+    async def _dead_letter(self, entry_id: bytes, fields: dict[bytes, bytes], deliveries: int, reason: str) -> None:
+        # XADD, then XACK: a crash between them leaves a duplicate dead letter, never none.
+        # Not one MULTI: the two streams may live on different Redis Cluster slots.
+        client = self._client()
+        letter: dict[Any, Any] = {**fields, b"origin_id": entry_id, b"reason": reason.encode(),
+                                  b"deliveries": str(deliveries).encode()}
+        await client.xadd(self.dead_letter_stream, letter)
+        await client.xack(self.stream, self.group, entry_id)
+
+
+def _address(text: str) -> Address:
+    local, at, domain = text.rpartition("@")
+    return Address(local, domain) if at else Address(text, "")
+
+
+def maildir_handler(directory: str, *, fsync: bool = True) -> Handler:
+    """A handler delivering each body into a Maildir (``tmp/`` → fsync → ``new/``).
+
+    The file holds ``Return-Path:`` (from the envelope's sender) and then the body as
+    queued, ``Received:`` header included. A :class:`~smtpfront.sink.base.SinkError`
+    (disk full, say) leaves the entry pending.
+    """
+    sink = MaildirSink(directory, fsync=fsync)
+
+    async def deliver(message: Message) -> None:
+        env = message.envelope
+        params = env.get("mail_params") or {}
+        envelope = Envelope(
+            id=str(env.get("id") or message.id), mail_from=_address(str(env.get("mail_from") or "")),
+            mail_params=MailParams(smtputf8=bool(params.get("smtputf8"))), recipients=[],
+            received_at=float(env.get("received_at") or 0.0),
+        )
+        writer = sink.open(envelope)
+        try:
+            writer.write(memoryview(message.body))
+            await writer.commit()
+        except BaseException:
+            await writer.abort()
+            raise
+
+    return deliver
+
+
+async def _feed(stdin: asyncio.StreamWriter, body: bytes) -> None:
+    # The command need not read it all: a broken pipe is a ConnectionError under asyncio,
+    # a RuntimeError ("handler is closed") under uvloop; its exit status decides.
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        stdin.write(body)
+        await stdin.drain()
+    stdin.close()
+
+
+async def _drain(stream: asyncio.StreamReader, keep: int) -> bytes:
+    kept = bytearray()
+    while chunk := await stream.read(65536):
+        kept += chunk[: max(keep - len(kept), 0)]
+    return bytes(kept)
+
+
+def exec_handler(command: Sequence[str], *, timeout: float = 60, tempfail: Collection[int] = (EX_TEMPFAIL,)) -> Handler:
+    """A handler piping each body into a command (no shell), like Postfix ``pipe(8)``.
+
+    The command gets the body on stdin and ``SMTPFRONT_SENDER``, ``SMTPFRONT_RECIPIENTS``
+    (comma-separated) and ``SMTPFRONT_QUEUE_ID`` in its environment; its stdout is
+    discarded, the start of its stderr goes into the error.
+
+    Exit 0 acknowledges. An exit status in ``tempfail`` (EX_TEMPFAIL, 75), death by a
+    signal, or running past ``timeout`` seconds (its process group is then killed) raises
+    ``RuntimeError``: the entry stays pending and is retried. Any other status raises
+    :class:`PermanentError`: the entry is dead-lettered at once.
+    """
+    argv = list(command)
+    if not argv:
+        raise ValueError("exec_handler needs a command")
+
+    async def deliver(message: Message) -> None:
+        env = message.envelope
+        rcpts = ",".join(str(r.get("address", "")) for r in env.get("rcpt_to") or ())
+        environ = {
+            **os.environ, "SMTPFRONT_SENDER": str(env.get("mail_from") or ""), "SMTPFRONT_RECIPIENTS": rcpts,
+            "SMTPFRONT_QUEUE_ID": str(env.get("id") or ""),
+        }
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE, env=environ, start_new_session=True,
+        )
+        assert proc.stdin is not None and proc.stderr is not None
+        try:
+            async with asyncio.timeout(timeout):
+                _, stderr, status = await asyncio.gather(_feed(proc.stdin, message.body), _drain(proc.stderr, 500),
+                                                         proc.wait())
+        except BaseException as exc:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 5)
+            if isinstance(exc, TimeoutError):
+                raise RuntimeError(f"{argv[0]}: timed out after {timeout}s") from None
+            raise
+        if status == 0:
+            return
+        said = stderr.decode("utf-8", "replace").strip()
+        what = f"{argv[0]}: " + (f"killed by signal {-status}" if status < 0 else f"exit status {status}")
+        what += f": {said}" if said else ""
+        if status < 0 or status in tempfail:
+            raise RuntimeError(what)
+        raise PermanentError(what)
+
+    return deliver
