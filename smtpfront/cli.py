@@ -1,7 +1,7 @@
 """The command line: ``smtpfront serve | consume | version``.
 
-``serve`` runs one worker for now (the pre-fork supervisor comes with its own issue) on
-uvloop, writing each accepted message to the queue named by ``--queue``:
+``serve`` runs the pre-fork master (``--workers`` uvloop processes sharing the port through
+SO_REUSEPORT), writing each accepted message to the queue named by ``--queue``:
 
     maildir:DIR             the embedded default (maildir:./spool): tmp/ → fsync → new/
     redis://HOST:PORT/DB    production: one Redis stream entry per message (rediss:// for TLS)
@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -24,6 +26,7 @@ from .server import SMTPServer
 from .sink.base import Sink, SinkError
 from .sink.maildir import MaildirSink
 from .sink.null import NullSink
+from .supervisor.arbiter import WORKER_BOOT_ERROR, Arbiter, WorkerContext
 
 __all__ = ["main"]
 
@@ -65,7 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="HOST:PORT to listen on (default 127.0.0.1:2525)")
     serve.add_argument("--queue", default=_env("QUEUE", "maildir:./spool"),
                        help="redis://HOST:PORT/DB, maildir:DIR (default maildir:./spool) or null:")
-    serve.add_argument("--workers", type=int, default=int(_env("WORKERS", "1")), help="worker processes (1)")
+    serve.add_argument("--workers", type=int, default=int(_env("WORKERS", str(os.cpu_count() or 1))),
+                       help="worker processes (default: the number of CPUs)")
+    serve.add_argument("--graceful-timeout", type=float, default=float(_env("GRACEFUL_TIMEOUT", "30")),
+                       help="seconds open transactions get on SIGTERM/SIGHUP (30)")
+    serve.add_argument("--heartbeat-timeout", type=float, default=float(_env("HEARTBEAT_TIMEOUT", "30")),
+                       help="seconds without a heartbeat before a stuck worker is replaced (30)")
     serve.add_argument("--hostname", default=_env("HOSTNAME", "") or None, help="name in greeting and Received")
     serve.add_argument("--tls-cert", default=_env("TLS_CERT", "") or None, help="PEM certificate chain")
     serve.add_argument("--tls-key", default=_env("TLS_KEY", "") or None, help="PEM private key")
@@ -102,27 +110,77 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def serve(args: argparse.Namespace) -> int:
-    """Run one worker until SIGTERM/SIGINT, then close gracefully."""
+def serve(args: argparse.Namespace) -> int:
+    """Run the pre-fork master: ``--workers`` processes, each with its own SO_REUSEPORT socket."""
+    host, port = args.listen
+    make_sink(args.queue, fsync=not args.no_fsync)  # a bad --queue fails here, before any fork
+    _check_bind(host, port)
+    arbiter = Arbiter(
+        worker_main=functools.partial(_worker_main, args), workers=args.workers,
+        graceful_timeout=args.graceful_timeout, heartbeat_timeout=args.heartbeat_timeout,
+    )
+    return arbiter.run()
+
+
+def _check_bind(host: str, port: int) -> None:
+    """Fail with a clear message, in the master, when the address cannot be bound."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise SystemExit(f"smtpfront: cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def _worker_main(args: argparse.Namespace, context: WorkerContext) -> int:
+    """A worker process, after the fork: its own logging, event loop and listening socket."""
+    setup_logging(args.log_level, json=args.log_format == "json", worker=context.number)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the master decides
+    import uvloop
+
+    return int(uvloop.run(_serve_worker(args, context)))
+
+
+async def _serve_worker(args: argparse.Namespace, context: WorkerContext) -> int:
     host, port = args.listen
     server = SMTPServer(
         host=host, port=port, sink=make_sink(args.queue, fsync=not args.no_fsync), name=args.hostname,
         size=args.size, max_clients=args.max_clients, lmtp=args.lmtp, tls=not args.no_tls,
-        cert_file=args.tls_cert, key_file=args.tls_key,
+        cert_file=args.tls_cert, key_file=args.tls_key, reuse_port=True,
+        close_timeout=args.graceful_timeout,
     )
     try:
         await server.start()
-    except SinkError as exc:
-        print(f"smtpfront: cannot start: {exc}", file=sys.stderr)
-        return 1
+    except (SinkError, OSError) as exc:
+        log.error("worker cannot start: %s", exc)
+        return WORKER_BOOT_ERROR
     log.info("listening", extra={"address": f"{host}:{server.port}", "queue": args.queue})
     stop = asyncio.Event()
+    quick = False
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+
+    def quit_now() -> None:
+        nonlocal quick
+        quick = True
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGQUIT, quit_now)
+
+    async def heartbeat() -> None:
+        while not stop.is_set():
+            context.heartbeat.notify()
+            if os.getppid() != context.ppid:  # the master is gone: do not linger as an orphan
+                log.error("master process gone; stopping")
+                stop.set()
+            await asyncio.sleep(1.0)
+
+    beat = loop.create_task(heartbeat())
     await stop.wait()
     log.info("stopping: draining open sessions")
-    await server.close()
+    await server.close(timeout=0.0 if quick else None)
+    beat.cancel()
     log.info("stopped")
     return 0
 
@@ -163,16 +221,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         import uvloop
 
         return int(uvloop.run(consume(args)))
-    if args.workers != 1:
-        raise SystemExit("--workers: only 1 worker until the pre-fork supervisor is built")
+    if args.workers < 1:
+        raise SystemExit("smtpfront: --workers must be at least 1")
     setup_logging(args.log_level, json=args.log_format == "json")
-    try:
-        import uvloop
-
-        return int(uvloop.run(serve(args)))
-    except OSError as exc:
-        print(f"smtpfront: {exc}", file=sys.stderr)
-        return 1
+    return serve(args)
 
 
 if __name__ == "__main__":

@@ -79,6 +79,7 @@ class SMTPServer:
         close_timeout: seconds open transactions get to finish on :meth:`close`.
         max_recipients, max_errors, max_auth_failures, min_data_rate, greeting_delay,
             bare_line_endings, long_lines, unauthorized_pipelining: limits and policies.
+        reuse_port: bind with SO_REUSEPORT (each pre-forked worker binds its own socket).
         log_sessions: write JSON session logs (``smtpfront.session``: queued, reject, auth,
             session summary at INFO) through listeners, off the reply path.
     """
@@ -132,6 +133,7 @@ class SMTPServer:
         unauthorized_pipelining: str = "reject",
         buffer_size: int = 64 * 1024,
         log_sessions: bool = True,
+        reuse_port: bool = False,
     ) -> None:
         disabled = frozenset(v.upper() for v in disabled_commands)
         methods = tuple(m.upper() for m in auth_methods)
@@ -170,7 +172,7 @@ class SMTPServer:
             max_clients=max_clients, reverse_lookup=reverse_lookup, greeting_delay=greeting_delay,
             buffer_size=buffer_size,
         )
-        self.host, self._port, self._sock = host, port, sock
+        self.host, self._port, self._sock, self._reuse_port = host, port, sock, reuse_port
         self.sink: Sink = sink if sink is not None else MemorySink()
         self.hooks = HookChain()
         self.listeners = Listeners()
@@ -210,7 +212,8 @@ class SMTPServer:
         start = getattr(self.sink, "start", None)
         if start is not None:
             await start()
-        listener = Listener(self.settings, host=self.host, port=self._port, sock=self._sock)
+        listener = Listener(self.settings, host=self.host, port=self._port, sock=self._sock,
+                            reuse_port=self._reuse_port)
         self._worker = WorkerServer([listener], self.hooks, self.sink, self.listeners, _trace)
         await self._worker.start()
 

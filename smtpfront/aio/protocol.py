@@ -65,6 +65,15 @@ __all__ = ["SMTPProtocol", "ServerState"]
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)
 _PID = os.getpid()
+
+
+def _after_fork() -> None:
+    """Session ids start with the pid: a pre-forked worker must use its own."""
+    global _PID, _ids
+    _PID, _ids = os.getpid(), itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_after_fork)
 _IDLE_STATES = frozenset({State.CONNECTED, State.INIT, State.IDLE, State.PROXY})
 _BODY_STATES = frozenset({State.DATA, State.BDAT})
 

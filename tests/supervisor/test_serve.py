@@ -1,0 +1,222 @@
+"""The pre-fork master with real processes: ``smtpfront serve --workers N`` on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ..conftest import free_port
+
+TIMEOUT = 10
+
+
+class Serve:
+    """A running ``smtpfront serve`` master and what it wrote."""
+
+    def __init__(self, tmp: Path, *args: str) -> None:
+        self.port = free_port()
+        self.spool = tmp / "spool"
+        self.log = tmp / "serve.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "smtpfront", "serve", "--listen", f"127.0.0.1:{self.port}",
+             "--queue", f"maildir:{self.spool}", "--no-tls", "--log-format", "plain", *args],
+            stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"serve exited early:\n{self.log.read_text()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+                    if conn.recv(64).startswith(b"220"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError(f"serve did not start:\n{self.log.read_text()}")
+
+    def workers(self) -> set[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True, check=False)
+        return {int(pid) for pid in out.stdout.split()}
+
+    def wait_workers(self, count: int, exclude: set[int] = frozenset(), timeout: float = TIMEOUT) -> set[int]:  # type: ignore[assignment]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pids = self.workers() - exclude
+            if len(pids) >= count:
+                return pids
+            time.sleep(0.05)
+        raise AssertionError(f"expected {count} workers, have {self.workers()}:\n{self.log.read_text()}")
+
+    def ready(self) -> None:
+        """Wait until a worker answers with a greeting."""
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+                    if conn.recv(64).startswith(b"220"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError(f"no worker answers:\n{self.log.read_text()}")
+
+    def send(self, n: int = 1) -> list[str]:
+        """Deliver n messages, one per connection; returns the replies' queue ids."""
+        ids = []
+        for i in range(n):
+            with smtplib.SMTP("127.0.0.1", self.port, timeout=TIMEOUT) as smtp:
+                smtp.ehlo()
+                smtp.mail("a@example.org")
+                smtp.rcpt("b@example.net")
+                code, reply = smtp.data(b"Subject: %d\r\n\r\nx\r\n" % i)
+                assert code == 250, reply
+                ids.append(reply.decode().rsplit(" ", 1)[1])
+        return ids
+
+    def delivering_pids(self) -> set[int]:
+        """Which worker pids wrote the delivered messages (session ids begin with the pid)."""
+        pids = set()
+        for path in (self.spool / "new").iterdir():
+            match = re.search(rb"\bid ([0-9a-f]+)[0-9a-f]{7}\.\d+", path.read_bytes())  # pid, then a counter
+            assert match, path.read_bytes()[:300]
+            pids.add(int(match.group(1), 16))
+        return pids
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=TIMEOUT + 5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[type[Serve]]:
+    started: list[Serve] = []
+
+    def start(*args: str) -> Serve:
+        server = Serve(tmp_path, *args)
+        started.append(server)
+        return server
+
+    yield start  # type: ignore[misc]
+    for server in started:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait(timeout=10)
+
+
+def test_workers_share_the_port_and_drain_on_sigterm(serve: type[Serve]) -> None:
+    server = serve("--workers", "2")
+    workers = server.wait_workers(2)
+    server.send(30)
+    assert server.delivering_pids() == workers  # the kernel spread connections over both
+    assert server.stop() == 0
+    assert "master stopped" in server.log.read_text()
+
+
+def test_a_killed_worker_is_replaced(serve: type[Serve]) -> None:
+    server = serve("--workers", "2")
+    workers = server.wait_workers(2)
+    victim = min(workers)
+    os.kill(victim, signal.SIGKILL)
+    replacement = server.wait_workers(1, exclude=workers)
+    assert victim not in server.workers() and replacement
+    server.send(5)
+    assert "killed by signal 9" in server.log.read_text()
+    assert server.stop() == 0
+
+
+def test_reload_rolls_workers_without_refusing_connections(serve: type[Serve]) -> None:
+    server = serve("--workers", "2", "--graceful-timeout", "5")
+    old = server.wait_workers(2)
+    refused: list[Exception] = []
+    done = threading.Event()
+
+    def knock() -> None:  # connect continuously while the generations change
+        while not done.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as conn:
+                    greeting = conn.recv(64)
+                    if not greeting.startswith(b"220"):
+                        refused.append(AssertionError(greeting))
+            except OSError as exc:
+                refused.append(exc)
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=knock)
+    thread.start()
+    try:
+        server.proc.send_signal(signal.SIGHUP)
+        new = server.wait_workers(2, exclude=old)
+        deadline = time.monotonic() + TIMEOUT
+        while server.workers() & old and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        done.set()
+        thread.join(TIMEOUT)
+    assert not server.workers() & old and len(new) == 2
+    assert refused == []
+    server.send(3)
+    assert server.stop() == 0
+
+
+def test_sigterm_lets_an_open_transaction_finish(serve: type[Serve]) -> None:
+    server = serve("--workers", "1", "--graceful-timeout", "10")
+    server.wait_workers(1)
+    smtp = smtplib.SMTP("127.0.0.1", server.port, timeout=TIMEOUT)
+    smtp.ehlo()
+    smtp.mail("a@example.org")
+    smtp.rcpt("b@example.net")
+    server.proc.send_signal(signal.SIGTERM)  # mid-transaction
+    time.sleep(0.3)
+    code, reply = smtp.data(b"Subject: last\r\n\r\nfinished during the drain\r\n")
+    assert code == 250, reply
+    assert smtp.getreply()[0] == 421  # then the drain closes the session: 421 4.3.2
+    smtp.close()
+    assert server.stop() == 0
+    (delivered,) = list((server.spool / "new").iterdir())
+    assert delivered.read_bytes().endswith(b"finished during the drain\r\n")
+
+
+def test_a_port_in_use_stops_with_a_clear_message(serve: type[Serve], tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "smtpfront", "serve", "--listen", f"127.0.0.1:{port}", "--workers", "2",
+             "--queue", f"maildir:{tmp_path / 's'}", "--no-tls"],
+            capture_output=True, text=True, timeout=TIMEOUT,
+        )
+    assert proc.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr
+
+
+def test_a_stuck_worker_is_replaced(serve: type[Serve]) -> None:
+    server = serve("--workers", "1", "--heartbeat-timeout", "2")
+    (stuck,) = server.wait_workers(1)
+    time.sleep(2.2)  # past the start-up grace period
+    os.kill(stuck, signal.SIGSTOP)  # alive but silent: its event loop no longer beats
+    try:
+        server.wait_workers(1, exclude={stuck}, timeout=8)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stuck, signal.SIGCONT)
+    assert "silent for" in server.log.read_text()
+    server.ready()
+    server.send(2)
+    assert server.stop() == 0
