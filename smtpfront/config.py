@@ -49,7 +49,10 @@ __all__ = [
 ]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-QUEUE_SCHEMES = ("redis", "rediss", "redis+cluster", "rediss+cluster", "redis+sentinel", "maildir", "null")
+QUEUE_SCHEMES = (
+    "redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "redis+sentinel", "rediss+sentinel",
+    "maildir", "null",
+)
 AUTH_METHODS = ("PLAIN", "LOGIN", "CRAM-MD5", "XOAUTH2", "SCRAM-SHA-256")  # = core.sasl.MECHANISMS
 # The CLI's historical names (SMTPFRONT_QUEUE, _WORKERS, _HOSTNAME, _LISTEN are canonical).
 ENV_ALIASES: Mapping[str, str] = {

@@ -14,6 +14,12 @@ claims the entry), delivers a message twice.
 
 Redis errors never end :meth:`Consumer.run`: it logs, backs off (0.1 s doubling to 5 s),
 reconnects and recreates a vanished group (``NOGROUP`` after a Redis restart) itself.
+
+Redis Cluster (``redis+cluster://…?shards=N``): the front end writes ``N`` shard streams
+``STREAM:{0}`` … ``STREAM:{N-1}`` (see :mod:`smtpfront.sink.redis_streams`). One
+``XREADGROUP`` may only name keys of one hash slot, so the consumer runs one loop per shard
+stream, each with its own group creation, ``XAUTOCLAIM`` and dead-letter stream
+``STREAM:{i}:dead`` (same slot); :meth:`Consumer.stop` stops them all.
 """
 
 from __future__ import annotations
@@ -29,14 +35,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.retry import Retry
 
 from .core.events import Address, MailParams
 from .sink.base import Envelope
 from .sink.maildir import MaildirSink
 from .sink.record import RecordError, decode_record
+from .sink.redis_streams import parse_queue_url, shard_stream
 
 __all__ = ["Consumer", "Handler", "Message", "PermanentError", "exec_handler", "maildir_handler"]
 
@@ -75,13 +85,26 @@ class PermanentError(Exception):
     """Raised by a handler for a message that retrying cannot help: dead-letter it now."""
 
 
+@dataclass(slots=True)
+class _Stream:
+    """One stream a consumer reads (a shard's, when sharded), with its dead-letter stream."""
+
+    name: str
+    dead: str
+    group_ready: bool = False
+
+
 class Consumer:
-    """Reads one stream through a consumer group and calls a handler per message.
+    """Reads one stream (or every shard stream of a cluster) through a consumer group and
+    calls a handler per message.
 
     Args:
-        redis_url: ``redis://HOST:PORT/DB`` (also ``rediss://``, ``unix://``).
-        stream: the stream the front end writes.
-        group: the consumer group; created when missing.
+        redis_url: ``redis://HOST:PORT/DB`` (also ``rediss://``, ``unix://``),
+            ``redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE[/DB]`` or
+            ``redis+cluster://HOST:PORT[,HOST:PORT...]/?shards=N`` (see
+            :mod:`smtpfront.sink.redis_streams`).
+        stream: the stream the front end writes (sharded: the prefix of ``STREAM:{i}``).
+        group: the consumer group; created when missing (on every shard stream).
         name: this consumer's name in the group; ``None`` is ``<hostname>-<pid>``.
         batch: entries read (or claimed) per round trip; a batch is handled concurrently.
         block_ms: how long one ``XREADGROUP`` waits for new entries; :meth:`stop` takes
@@ -89,9 +112,14 @@ class Consumer:
         claim_idle_ms: pending entries idle this long are claimed and delivered again.
             Must exceed the longest handler run, or live work is delivered twice.
         max_deliveries: deliveries before an entry goes to the dead-letter stream.
-        dead_letter_stream: ``None`` is ``f"{stream}:dead"``.
+        dead_letter_stream: ``None`` is ``f"{stream}:dead"`` (sharded: each shard's own
+            ``STREAM:{i}:dead``, in the shard's slot).
         start_id: where a newly created group starts: ``"0"`` (default) delivers what was
             queued before the group existed; ``"$"`` only what arrives after.
+        shards: read the shard streams ``STREAM:{0}`` … ``STREAM:{N-1}``, each in its own
+            loop (one ``XREADGROUP`` cannot span hash slots). ``None`` is the URL's
+            ``shards=N`` for a cluster URL (default 16), else one unsharded stream. It must
+            match the producers' number of shards.
     """
 
     def __init__(
@@ -107,28 +135,38 @@ class Consumer:
         max_deliveries: int = 5,
         dead_letter_stream: str | None = None,
         start_id: str = "0",
+        shards: int | None = None,
     ) -> None:
         if batch < 1 or block_ms < 1 or claim_idle_ms < 1 or max_deliveries < 1:
             raise ValueError("batch, block_ms, claim_idle_ms and max_deliveries must be positive")
+        self._queue = parse_queue_url(redis_url)
+        count = self._queue.shards if shards is None else shards
+        if count < 0:
+            raise ValueError("shards must not be negative")
+        if count and ("{" in stream or "}" in stream):
+            raise ValueError(f"stream {stream!r}: a sharded stream name must not contain braces (hash tags)")
         self.redis_url = redis_url
         self.stream = stream
+        self.shards = count
         self.group = group
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.batch = batch
         self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries = max_deliveries
-        self.dead_letter_stream = dead_letter_stream or f"{stream}:dead"
         self.start_id = start_id
+        self.streams = [shard_stream(stream, i) for i in range(count)] if count else [stream]
+        self._streams = [_Stream(s, dead_letter_stream or f"{s}:dead") for s in self.streams]
+        self.dead_letter_streams = sorted({s.dead for s in self._streams})
         self._stop = asyncio.Event()
-        self._redis: aioredis.Redis | None = None
-        self._group_ready = False
+        self._redis: aioredis.Redis | RedisCluster | None = None
+        self._sentinel: Sentinel | None = None
 
     def stop(self) -> None:
         """Make :meth:`run` return after the current batch (at once if called before it).
 
         Call it from the event loop's thread (a signal handler added with
-        ``loop.add_signal_handler`` is).
+        ``loop.add_signal_handler`` is). With shards, every shard's loop stops.
         """
         self._stop.set()
 
@@ -138,123 +176,156 @@ class Consumer:
         Redis errors are logged and retried after a back-off (reconnecting, recreating
         the group); so is an unexpected error, with its traceback. Only cancellation ends
         this early. A handler's error concerns its message only (see :data:`Handler`).
+        With shards, one loop per shard stream does all of this on its own.
         """
-        loop = asyncio.get_running_loop()
-        backoff = _BACKOFF_MIN
-        next_claim = 0.0
         try:
-            while not self._stop.is_set():
-                try:
-                    if not self._group_ready:
-                        await self._create_group()
-                    if loop.time() >= next_claim:
-                        await self._claim(handler)
-                        next_claim = loop.time() + self.claim_idle_ms / 2000
-                    if not self._stop.is_set():
-                        await self._read(handler)
-                    backoff = _BACKOFF_MIN
-                    continue
-                except ResponseError as exc:
-                    # NOGROUP: the stream or group vanished (a Redis restart, a DEL); UNBLOCKED:
-                    # it vanished while XREADGROUP waited on it.
-                    if str(exc).startswith(("NOGROUP", "UNBLOCKED")):
-                        log.warning("consumer group %s missing on %s: recreating it", self.group, self.stream)
-                        self._group_ready = False
-                    else:
-                        log.error("redis error: %s; retrying in %.1fs", exc, backoff)
-                except (RedisError, OSError) as exc:
-                    log.warning("redis unavailable: %s; retrying in %.1fs", exc, backoff)
-                    await self._disconnect()
-                except Exception:
-                    log.exception("unexpected error in the consumer loop; retrying in %.1fs", backoff)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), backoff)
-                backoff = min(backoff * 2, _BACKOFF_MAX)
+            if len(self._streams) == 1:
+                await self._loop(self._streams[0], handler)
+            else:
+                await asyncio.gather(*(self._loop(s, handler) for s in self._streams))
         finally:
             self._stop.clear()  # a stop() before run() counts; one after it returned does not
             await self._disconnect()
 
-    def _client(self) -> aioredis.Redis:
+    async def _loop(self, stream: _Stream, handler: Handler) -> None:
+        loop = asyncio.get_running_loop()
+        backoff = _BACKOFF_MIN
+        next_claim = 0.0
+        while not self._stop.is_set():
+            try:
+                if not stream.group_ready:
+                    await self._create_group(stream)
+                if loop.time() >= next_claim:
+                    await self._claim(stream, handler)
+                    next_claim = loop.time() + self.claim_idle_ms / 2000
+                if not self._stop.is_set():
+                    await self._read(stream, handler)
+                backoff = _BACKOFF_MIN
+                continue
+            except ResponseError as exc:
+                # NOGROUP: the stream or group vanished (a Redis restart, a DEL); UNBLOCKED:
+                # it vanished while XREADGROUP waited on it.
+                if str(exc).startswith(("NOGROUP", "UNBLOCKED")):
+                    log.warning("consumer group %s missing on %s: recreating it", self.group, stream.name)
+                    stream.group_ready = False
+                else:
+                    log.error("redis error: %s; retrying in %.1fs", exc, backoff)
+            except (RedisError, RedisClusterException, OSError) as exc:
+                log.warning("redis unavailable: %s; retrying in %.1fs", exc, backoff)
+                if len(self._streams) == 1:
+                    await self._disconnect()
+                else:  # the client is shared: its pools reconnect, a cluster re-reads its slot map
+                    stream.group_ready = False
+            except Exception:
+                log.exception("unexpected error in the consumer loop; retrying in %.1fs", backoff)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), backoff)
+            backoff = min(backoff * 2, _BACKOFF_MAX)
+
+    def _client(self) -> aioredis.Redis | RedisCluster:
         if self._redis is None:
             # Protocol 2 pins the reply shapes across redis-py versions; no retries inside
             # redis-py (our loop backs off); the socket timeout outlasts a blocking read.
-            self._redis = aioredis.Redis.from_url(
-                self.redis_url, decode_responses=False, protocol=2, retry=Retry(NoBackoff(), 0),
-                socket_connect_timeout=5, socket_timeout=self.block_ms / 1000 + 10,
-            )
+            queue = self._queue
+            sockets: dict[str, Any] = {"socket_connect_timeout": 5, "socket_timeout": self.block_ms / 1000 + 10}
+            if queue.kind == "cluster":
+                self._redis = RedisCluster(
+                    startup_nodes=[ClusterNode(host, port) for host, port in queue.nodes], username=queue.username,
+                    password=queue.password, ssl=queue.ssl, decode_responses=False, protocol=2,
+                    retry=AsyncRetry(NoBackoff(), 0), require_full_coverage=False, **sockets,
+                )
+            elif queue.kind == "sentinel":
+                self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
+                    list(queue.nodes), sentinel_kwargs={"socket_connect_timeout": 5, "socket_timeout": 5,
+                                                        "ssl": queue.ssl, "retry": AsyncRetry(NoBackoff(), 0)})
+                self._redis = self._sentinel.master_for(
+                    queue.service, db=queue.db, username=queue.username, password=queue.password, ssl=queue.ssl,
+                    decode_responses=False, protocol=2, retry=Retry(NoBackoff(), 0), **sockets,
+                )
+            else:
+                self._redis = aioredis.Redis.from_url(
+                    self.redis_url, decode_responses=False, protocol=2, retry=Retry(NoBackoff(), 0), **sockets,
+                )
         return self._redis
 
     async def _disconnect(self) -> None:
         client, self._redis = self._redis, None
-        self._group_ready = False
+        sentinel, self._sentinel = self._sentinel, None
+        for stream in self._streams:
+            stream.group_ready = False
         if client is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.aclose(), 5)
+        for watcher in sentinel.sentinels if sentinel is not None else ():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(watcher.aclose(), 5)
 
-    async def _create_group(self) -> None:
+    async def _create_group(self, stream: _Stream) -> None:
         try:
-            await self._client().xgroup_create(self.stream, self.group, self.start_id, mkstream=True)
-            log.info("created consumer group %s on %s at %s", self.group, self.stream, self.start_id)
+            await self._client().xgroup_create(stream.name, self.group, self.start_id, mkstream=True)
+            log.info("created consumer group %s on %s at %s", self.group, stream.name, self.start_id)
         except ResponseError as exc:
             if not str(exc).startswith("BUSYGROUP"):
                 raise
-        self._group_ready = True
+        stream.group_ready = True
 
-    async def _claim(self, handler: Handler) -> None:
+    async def _claim(self, stream: _Stream, handler: Handler) -> None:
         """Take over entries idle for ``claim_idle_ms`` (a crashed consumer's, or failed ones)."""
         client = self._client()
         cursor: bytes | str = "0-0"
         while not self._stop.is_set():
             reply: Any = await client.xautoclaim(
-                self.stream, self.group, self.name, self.claim_idle_ms, cursor, count=self.batch
+                stream.name, self.group, self.name, self.claim_idle_ms, cursor, count=self.batch
             )
             cursor, entries = reply[0], [(i, f) for i, f in reply[1] if f is not None]
             if entries:
                 # The claim raised each entry's delivery count; XPENDING tells it.
                 async with client.pipeline(transaction=False) as pipe:
                     for entry_id, _ in entries:
-                        pipe.xpending_range(self.stream, self.group, entry_id, entry_id, 1, self.name)
+                        pipe.xpending_range(stream.name, self.group, entry_id, entry_id, 1, self.name)
                     pending = await pipe.execute()
                 counts = {p["message_id"]: int(p["times_delivered"]) for rows in pending for p in rows}
-                log.info("claimed %d idle entries on %s", len(entries), self.stream)
-                await self._handle([(i, f, counts[i]) for i, f in entries if i in counts], handler)
+                log.info("claimed %d idle entries on %s", len(entries), stream.name)
+                await self._handle(stream, [(i, f, counts[i]) for i, f in entries if i in counts], handler)
             if cursor in (b"0-0", "0-0"):
                 return
 
-    async def _read(self, handler: Handler) -> None:
+    async def _read(self, stream: _Stream, handler: Handler) -> None:
         reply: Any = await self._client().xreadgroup(
-            self.group, self.name, {self.stream: ">"}, count=self.batch, block=self.block_ms
+            self.group, self.name, {stream.name: ">"}, count=self.batch, block=self.block_ms
         )
         for _stream, entries in reply or ():
-            await self._handle([(i, f, 1) for i, f in entries], handler)
+            await self._handle(stream, [(i, f, 1) for i, f in entries], handler)
 
-    async def _handle(self, entries: list[tuple[bytes, dict[bytes, bytes], int]], handler: Handler) -> None:
+    async def _handle(
+        self, stream: _Stream, entries: list[tuple[bytes, dict[bytes, bytes], int]], handler: Handler
+    ) -> None:
         """Deliver a batch concurrently, then ``XACK`` the delivered ones in one call."""
-        results = await asyncio.gather(*(self._deliver(*e, handler) for e in entries), return_exceptions=True)
+        results = await asyncio.gather(*(self._deliver(stream, *e, handler) for e in entries), return_exceptions=True)
         done = [r for r in results if isinstance(r, bytes)]
         if done:
-            await self._client().xack(self.stream, self.group, *done)
+            await self._client().xack(stream.name, self.group, *done)
         for result in results:
             if isinstance(result, BaseException):
                 raise result  # a Redis error while dead-lettering: the loop backs off
 
     async def _deliver(
-        self, entry_id: bytes, fields: dict[bytes, bytes], deliveries: int, handler: Handler
+        self, stream: _Stream, entry_id: bytes, fields: dict[bytes, bytes], deliveries: int, handler: Handler
     ) -> bytes | None:
         """Return the id to acknowledge, or ``None`` to leave the entry pending."""
         ident = entry_id.decode()
         try:
             envelope, body = decode_record(fields)
         except RecordError as exc:
-            log.error("entry %s on %s is not a record: %s; dead-lettering it", ident, self.stream, exc)
-            await self._dead_letter(entry_id, fields, deliveries, str(exc))
+            log.error("entry %s on %s is not a record: %s; dead-lettering it", ident, stream.name, exc)
+            await self._dead_letter(stream, entry_id, fields, deliveries, str(exc))
             return None
         if deliveries > self.max_deliveries:  # e.g. the handler kept killing its process
-            log.error("entry %s on %s was delivered %d times; dead-lettering it", ident, self.stream, deliveries)
-            await self._dead_letter(entry_id, fields, deliveries, f"delivered {deliveries} times")
+            log.error("entry %s on %s was delivered %d times; dead-lettering it", ident, stream.name, deliveries)
+            await self._dead_letter(stream, entry_id, fields, deliveries, f"delivered {deliveries} times")
             return None
         try:
-            await handler(Message(ident, self.stream, envelope, body, deliveries))
+            await handler(Message(ident, stream.name, envelope, body, deliveries))
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"[:_REASON_MAX]
             final = isinstance(exc, PermanentError) or deliveries >= self.max_deliveries
@@ -263,18 +334,20 @@ class Consumer:
                 "; dead-lettering it" if final else "; it stays pending", exc_info=True,
             )
             if final:
-                await self._dead_letter(entry_id, fields, deliveries, reason)
+                await self._dead_letter(stream, entry_id, fields, deliveries, reason)
             return None
         return entry_id
 
-    async def _dead_letter(self, entry_id: bytes, fields: dict[bytes, bytes], deliveries: int, reason: str) -> None:
+    async def _dead_letter(
+        self, stream: _Stream, entry_id: bytes, fields: dict[bytes, bytes], deliveries: int, reason: str
+    ) -> None:
         # XADD, then XACK: a crash between them leaves a duplicate dead letter, never none.
         # Not one MULTI: the two streams may live on different Redis Cluster slots.
         client = self._client()
         letter: dict[Any, Any] = {**fields, b"origin_id": entry_id, b"reason": reason.encode(),
                                   b"deliveries": str(deliveries).encode()}
-        await client.xadd(self.dead_letter_stream, letter)
-        await client.xack(self.stream, self.group, entry_id)
+        await client.xadd(stream.dead, letter)
+        await client.xack(stream.name, self.group, entry_id)
 
 
 def _address(text: str) -> Address:

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real ``redis-server`` on a free loopback port, started and stopped per test.
+"""Shared fixtures: a real ``redis-server`` on a free loopback port, started and stopped per test;
+a real three-master Redis Cluster (``redis-cli --cluster create``) the same way.
 
 No test mocks Redis. ``tests/run.sh`` installs the Debian package when it is missing; a
 missing binary here is a failure, never a skip.
@@ -6,12 +7,13 @@ missing binary here is a failure, never a skip.
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -84,3 +86,112 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+def free_cluster_port() -> int:
+    """A loopback port P that is free together with P + 10000 (Redis Cluster's bus port)."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 55000)
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+    pytest.fail("no free port pair for a Redis Cluster node")
+
+
+def _redis_cli(*args: str, timeout: float = 10) -> str:
+    binary = shutil.which("redis-cli")
+    if binary is None:
+        pytest.fail("redis-cli is not installed: run the tests with `bash tests/run.sh`, which installs redis")
+    done = subprocess.run([binary, *args], capture_output=True, timeout=timeout, check=False)
+    return done.stdout.decode(errors="replace") + done.stderr.decode(errors="replace")
+
+
+@dataclass
+class RedisClusterNodes:
+    """A running Redis Cluster of three masters (no replicas) on loopback, one directory each.
+
+    ``cluster-require-full-coverage no`` and a long ``cluster-node-timeout``: a stopped
+    node's slots fail, the others keep serving, and a restarted node (``stop``/``start``
+    keep its ``nodes-P.conf``, not its data) takes its slots back without a failover.
+    """
+
+    ports: list[int]
+    directory: Path
+    processes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def url(self, shards: int | None = None) -> str:
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.ports)
+        return f"redis+cluster://{hosts}/" + (f"?shards={shards}" if shards is not None else "")
+
+    def start(self, port: int) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed: run the tests with `bash tests/run.sh`, which installs it")
+        home = self.directory / str(port)
+        home.mkdir(exist_ok=True)
+        self.processes[port] = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+             "--cluster-config-file", f"nodes-{port}.conf", "--cluster-node-timeout", "60000",
+             "--cluster-require-full-coverage", "no", "--save", "", "--appendonly", "no", "--dir", str(home)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        self._wait(port, "PING", "PONG", "did not start")
+
+    def stop(self, port: int) -> None:
+        process = self.processes.pop(port, None)
+        if process is not None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+    def wait_ok(self, port: int) -> None:
+        """Until the node says ``cluster_state:ok`` (a restarted master waits ~2 s for that)."""
+        self._wait(port, "CLUSTER INFO", "cluster_state:ok", "did not reach cluster_state:ok", timeout=15)
+
+    def _wait(self, port: int, command: str, expect: str, failure: str, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if expect in _redis_cli("-p", str(port), *command.split(), timeout=2):
+                return
+            time.sleep(0.05)
+        self.close()
+        pytest.fail(f"redis cluster node {port} {failure}")
+
+    def create(self) -> None:
+        for port in self.ports:
+            self.start(port)
+        said = _redis_cli("--cluster", "create", *(f"127.0.0.1:{port}" for port in self.ports),
+                          "--cluster-replicas", "0", "--cluster-yes", timeout=30)
+        if "[OK] All 16384 slots covered" not in said:
+            self.close()
+            pytest.fail(f"redis-cli --cluster create failed:\n{said}")
+        for port in self.ports:
+            self.wait_ok(port)
+
+    def close(self) -> None:
+        for port in list(self.processes):
+            self.stop(port)
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[RedisClusterNodes]:
+    """A fresh three-master Redis Cluster for one test, stopped afterwards."""
+    ports: list[int] = []
+    while len(ports) < 3:
+        port = free_cluster_port()
+        if not {port, port + 10000} & {p + d for p in ports for d in (-10000, 0, 10000)}:
+            ports.append(port)
+    cluster = RedisClusterNodes(ports, tmp_path)
+    try:
+        cluster.create()
+        yield cluster
+    finally:
+        cluster.close()

@@ -366,8 +366,8 @@ def test_queue_schemes(url: str) -> None:
 
 
 @pytest.mark.parametrize("url, problem", [
-    ("amqp://h/", "expected a URL with a scheme among redis, rediss, redis+cluster, rediss+cluster, "
-                  "redis+sentinel, maildir, null"),
+    ("amqp://h/", "expected a URL with a scheme among redis, rediss, unix, redis+cluster, rediss+cluster, "
+                  "redis+sentinel, rediss+sentinel, maildir, null"),
     ("/var/spool", "expected a URL with a scheme among"),
     ("redis:h:6379", "expected redis://[USER:PASSWORD@]HOST:PORT/DB"),
     ("redis:///0", "expected redis://"),

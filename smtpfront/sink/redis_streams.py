@@ -15,7 +15,31 @@ memory; how it survives a Redis crash is Redis's ``appendonly``/``appendfsync`` 
 when fewer replicas confirm (the entries may then exist twice after the client's retry:
 delivery is at-least-once).
 
-Rule: this is the only module that imports ``redis``.
+Where the queue lives (the URL decides, see :func:`parse_queue_url`):
+
+``redis://[USER:PASSWORD@]HOST:PORT/DB`` (``rediss://`` for TLS, ``unix://PATH``)
+    One server: one connection, one stream, the path described above.
+``redis+sentinel://[USER:PASSWORD@]HOST:PORT[,HOST:PORT...]/SERVICE[/DB]`` (``rediss+sentinel://``)
+    The master that Sentinel names for ``SERVICE`` (sentinel port 26379 by default), then
+    the same single-server path. Every new connection asks the sentinels again, so after
+    a failover the next batch (the one after the failed one) goes to the new master. The
+    credentials are the master's; the sentinels are asked without any.
+``redis+cluster://[USER:PASSWORD@]HOST:PORT[,HOST:PORT...]/?shards=N`` (``rediss+cluster://``)
+    Redis Cluster, seeded by any of the nodes listed. The stream is split into ``N``
+    (default 16) shard streams ``STREAM:{0}`` … ``STREAM:{N-1}`` (:func:`shard_stream`).
+    The ``{i}`` is a hash tag, so shard ``i``'s stream, its dedup keys
+    (``STREAM:{i}:dedup:<sha256>``) and the consumer's dead letters (``STREAM:{i}:dead``)
+    share one slot, as the dedup script (which touches two keys) requires. Each message goes
+    to the shard its dedup hash names, so a retried message lands on the same shard and is
+    recognised there; with dedup off, shards take turns (skipping shards whose node is
+    backing off). redis-py's ``RedisCluster`` reads the slot map; then each master node
+    gets its own connection carrying that node's group commits exactly as on one server (a
+    batch holds entries for every shard the node owns). A ``MOVED``/``ASK``/``CLUSTERDOWN``
+    reply fails that entry; a lost connection fails that node's batch and backs that node
+    off; either refreshes the slot map in the background. Other nodes keep taking mail.
+    The ``250`` names the entry as ``SHARD/ENTRY-ID`` (entry ids repeat across streams).
+
+Rule: ``redis`` is imported only here and by the consumer (which reuses the URL parsing).
 """
 
 from __future__ import annotations
@@ -23,21 +47,41 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import time
-from collections.abc import Awaitable, Sequence
-from typing import Literal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+from urllib.parse import parse_qsl, unquote
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import Connection
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
 
 from .base import Envelope, SinkError
 from .record import envelope_fields
 
-__all__ = ["RedisStreamSink", "RedisStreamWriter"]
+__all__ = [
+    "DEFAULT_SHARDS", "QueueURL", "RedisStreamSink", "RedisStreamWriter", "parse_queue_url", "shard_stream",
+]
 
 log = logging.getLogger(__name__)
 
+DEFAULT_SHARDS = 16
+"""Shard streams of a ``redis+cluster://`` queue whose URL names no ``shards=N``."""
+
+_MAX_SHARDS = 16384  # one per hash slot is the most that can spread
 
 # Idempotent enqueue (DESIGN "Nothing lost", issue 4): one atomic step. If the key of this
 # message was seen within the window, return the entry id stored under it (the client that
@@ -56,6 +100,110 @@ redis.call('SET', KEYS[1], id, 'EX', ARGV[1])
 return id
 """
 
+_Batch = Sequence[tuple[list[bytes], "asyncio.Future[str]"]]
+
+
+# -- URLs -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class QueueURL:
+    """A parsed Redis queue URL.
+
+    ``kind`` ``"redis"`` (``redis://``, ``rediss://``, ``unix://``): ``url`` goes to redis-py
+    as it is and no other field is set. ``"sentinel"``: ``nodes`` are the sentinels,
+    ``service`` and ``db`` name the master's database. ``"cluster"``: ``nodes`` seed the
+    slot map discovery, ``shards`` is the number of shard streams.
+    """
+
+    kind: Literal["redis", "sentinel", "cluster"]
+    url: str
+    nodes: tuple[tuple[str, int], ...] = ()
+    username: str | None = None
+    password: str | None = None
+    ssl: bool = False
+    service: str = ""
+    db: int = 0
+    shards: int = 0
+
+
+_SCHEMES: dict[str, tuple[Literal["redis", "sentinel", "cluster"], bool]] = {
+    "redis": ("redis", False), "rediss": ("redis", True), "unix": ("redis", False),
+    "redis+sentinel": ("sentinel", False), "rediss+sentinel": ("sentinel", True),
+    "redis+cluster": ("cluster", False), "rediss+cluster": ("cluster", True),
+}
+
+
+def parse_queue_url(url: str) -> QueueURL:
+    """Parse a queue URL (see the module docstring); ValueError says what is wrong with it."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in _SCHEMES:
+        raise ValueError(f"{url!r} is not a Redis URL: use redis://HOST:PORT/DB, rediss://…, unix://PATH, "
+                         "redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE[/DB] or "
+                         "redis+cluster://HOST:PORT[,HOST:PORT...]/?shards=N")
+    kind, ssl = _SCHEMES[scheme.lower()]
+    rest, _, query = rest.partition("?")
+    params = dict(parse_qsl(query, keep_blank_values=True))
+    if kind == "redis":
+        if "shards" in params:
+            raise ValueError(f"{url!r}: shards=N needs a redis+cluster:// URL")
+        return QueueURL("redis", url)
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    default_port = 26379 if kind == "sentinel" else 6379
+    nodes = tuple(_host_port(host, default_port, url) for host in hosts.split(","))
+    service, db, shards = "", 0, 0
+    if kind == "cluster":
+        if path.strip("/") not in ("", "0"):
+            raise ValueError(f"{url!r}: Redis Cluster has database 0 only")
+        text = params.pop("shards", str(DEFAULT_SHARDS))
+        if not text.isdigit() or not 0 < int(text) <= _MAX_SHARDS:
+            raise ValueError(f"{url!r}: shards wants a number from 1 to {_MAX_SHARDS}")
+        shards = int(text)
+    else:
+        name, _, db_text = path.partition("/")
+        service, db_text = unquote(name), db_text.strip("/") or "0"
+        if not service:
+            raise ValueError(f"{url!r}: name the master: redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE[/DB]")
+        if not db_text.isdigit():
+            raise ValueError(f"{url!r}: the database is a number, got {db_text!r}")
+        db = int(db_text)
+    if params:
+        raise ValueError(f"{url!r}: unknown parameter {', '.join(sorted(params))}"
+                         + (" (a cluster URL takes shards=N)" if kind == "cluster" else ""))
+    return QueueURL(kind, url, nodes, username, password, ssl, service, db, shards)
+
+
+def _host_port(text: str, default: int, url: str) -> tuple[str, int]:
+    if text.startswith("["):  # [v6]:port
+        host, _, port = text[1:].partition("]")
+        port = port.removeprefix(":")
+    elif ":" in text:
+        host, _, port = text.rpartition(":")
+    else:
+        host, port = text, ""
+    if not host or not (port or str(default)).isdigit() or not 0 < int(port or default) < 65536:
+        raise ValueError(f"{url!r}: {text!r} is not HOST:PORT")
+    return host, int(port or default)
+
+
+def shard_stream(stream: str, shard: int) -> str:
+    """Shard ``shard``'s stream in a cluster: ``STREAM:{SHARD}``, the shard number a hash tag."""
+    return f"{stream}:{{{shard}}}"
+
+
+def _check_stream_name(stream: str) -> None:
+    if "{" in stream or "}" in stream:
+        raise ValueError(f"stream {stream!r}: a sharded stream name must not contain braces (hash tags)")
+
+
+# -- the writer -------------------------------------------------------------------------------
+
 
 async def _wait(event: asyncio.Event) -> None:
     await event.wait()
@@ -65,10 +213,24 @@ def _bulk(arg: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(arg), arg)
 
 
+def _xadd_head(stream: bytes, maxlen: int | None) -> tuple[int, bytes]:
+    """``XADD stream [MAXLEN ~ n] *`` in RESP, and how many arguments that is."""
+    args: list[bytes] = [b"XADD", stream]
+    if maxlen is not None:
+        args += [b"MAXLEN", b"~", str(maxlen).encode()]
+    args.append(b"*")
+    return len(args), b"".join(_bulk(a) for a in args)
+
+
+# RFC 5322 §3.6.4: a Message-ID field in the header block (case-insensitive field name).
+_MESSAGE_ID = re.compile(rb"\r\nmessage-id[ \t]*:", re.IGNORECASE)
+_HEADER_LIMIT = 64 * 1024  # a header block longer than this is decided on what was seen
+
+
 class RedisStreamWriter:
     """Collects one message's body parts until commit."""
 
-    __slots__ = ("_sink", "_envelope", "_parts", "_size", "_digest")
+    __slots__ = ("_sink", "_envelope", "_parts", "_size", "_digest", "_head")
 
     def __init__(self, sink: RedisStreamSink, envelope: Envelope) -> None:
         self._sink = sink
@@ -76,13 +238,34 @@ class RedisStreamWriter:
         self._parts: list[bytes] = [envelope.trace] if envelope.trace else []
         self._size = len(envelope.trace)
         self._digest = hashlib.sha256() if sink.dedup_window else None
+        self._head: bytes | None = b"" if sink.dedup_window else None  # the header block, until decided
 
     def write(self, data: memoryview) -> None:
         """Keep a copy of the chunk (the view points into the receive buffer)."""
-        self._parts.append(bytes(data))
-        self._size += len(data)
+        chunk = bytes(data)
+        self._parts.append(chunk)
+        self._size += len(chunk)
         if self._digest is not None:
-            self._digest.update(data)
+            self._digest.update(chunk)
+            if self._head is not None:
+                self._read_header(chunk)
+
+    def _read_header(self, chunk: bytes) -> None:
+        """Decide whether this message can be deduplicated: only with a Message-ID.
+
+        Without one, a retry cannot be told from a new message with the same text (a
+        monitoring script sending the same alert twice): both must be queued.
+        """
+        assert self._head is not None
+        head = self._head + chunk
+        end = head.find(b"\r\n\r\n")
+        if end < 0 and len(head) < _HEADER_LIMIT:
+            self._head = head
+            return
+        block = b"\r\n" + (head if end < 0 else head[: end + 2])
+        if _MESSAGE_ID.search(block) is None:
+            self._digest = None
+        self._head = None
 
     def pressure(self) -> Awaitable[None] | None:
         """Past the worker's in-flight budget (bytes queued for Redis): wait for it to drain.
@@ -94,22 +277,28 @@ class RedisStreamWriter:
         return self._sink._pressure()
 
     async def commit(self) -> str:
-        """XADD the record (in the next batch); returns the stream entry id."""
+        """XADD the record (in the next batch); returns the stream entry id.
+
+        In a cluster the id is ``SHARD/ENTRY-ID``.
+        """
+        if self._head is not None:  # the body ended inside its headers
+            self._read_header(b"\r\n\r\n")
         sink, size = self._sink, self._size
-        packed = self._packed()
+        lane, packed, shard = sink._topology.route(self)
         self._parts = []
         sink.inflight += size
         try:
-            return await sink._commit(packed)
+            entry = await lane.commit(packed)
         finally:
             sink._released(size)
+        return entry if shard is None else f"{shard}/{entry}"
 
     async def abort(self) -> None:
         """Nothing was sent yet: forget the parts."""
         self._parts = []
 
-    def _dedup_key(self) -> bytes:
-        """The idempotency key: the envelope and the body (our trace, which is unique, excluded).
+    def _dedup_hash(self) -> bytes:
+        """The idempotency hash: the envelope and the body (our trace, which is unique, excluded).
 
         A client that lost our 250 and retries sends the same sender, recipients and body
         (Message-ID included), so it maps to the same key within the window.
@@ -119,9 +308,9 @@ class RedisStreamWriter:
         env = self._envelope
         digest.update(b"\0" + str(env.mail_from).encode() + b"\0")
         digest.update(b"\0".join(str(r.address).encode() for r in env.recipients))
-        return self._sink._dedup_prefix + digest.hexdigest().encode()
+        return digest.hexdigest().encode()
 
-    def _packed(self) -> list[bytes]:
+    def _packed(self, xadd_head: bytes, stream: bytes, dedup_key: bytes | None) -> list[bytes]:
         """The XADD command in RESP (or the dedup script around it), the body as its parts."""
         sink = self._sink
         fields = envelope_fields(self._envelope)
@@ -131,36 +320,382 @@ class RedisStreamWriter:
             head.append(_bulk(value))
         head.append(_bulk(b"body"))
         head.append(b"$%d\r\n" % self._size)
-        if self._digest is None:
+        if dedup_key is None:
             count = sink._xadd_args + 2 * len(fields) + 2
-            prefix = b"*%d\r\n" % count + sink._xadd_prefix
+            prefix = b"*%d\r\n" % count + xadd_head
         else:
             # EVALSHA sha 2 dedup-key stream window maxlen field value ... (see _DEDUP_SCRIPT)
             count = 7 + 2 * len(fields) + 2
             prefix = b"*%d\r\n" % count + b"".join(_bulk(a) for a in (
-                b"EVALSHA", sink._dedup_sha, b"2", self._dedup_key(), sink.stream.encode(),
+                b"EVALSHA", sink._dedup_sha, b"2", dedup_key, stream,
                 str(sink.dedup_window).encode(), str(sink.maxlen or 0).encode()))
         return [prefix + b"".join(head), *self._parts, b"\r\n"]
 
 
+# -- one connection and its group commit ------------------------------------------------------
+
+
+class _Lane:
+    """One connection to one Redis server with its group commit: the batch in flight, the next one.
+
+    A server (or Sentinel's master) has one lane; a cluster has one per master node.
+    ``trouble`` is called after a failure that may mean the cluster's slot map changed.
+    """
+
+    __slots__ = ("_sink", "_connect", "label", "_trouble", "_conn", "_script_ready", "_pending", "flushing",
+                 "_backoff", "down_until")
+
+    def __init__(self, sink: RedisStreamSink, connect: Callable[[], Connection], label: str,
+                 trouble: Callable[[], None] | None = None) -> None:
+        self._sink = sink
+        self._connect = connect
+        self.label = label
+        self._trouble = trouble
+        self._conn: Connection | None = None
+        self._script_ready = False  # the dedup script is loaded on _conn
+        self._pending: list[tuple[list[bytes], asyncio.Future[str]]] = []
+        self.flushing = False
+        self._backoff = 0.0
+        self.down_until = 0.0
+
+    async def commit(self, packed: list[bytes]) -> str:
+        if time.monotonic() < self.down_until:
+            raise SinkError(f"redis queue {self.label} is unavailable (retrying)")
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._pending.append((packed, future))
+        if not self.flushing:
+            self.flushing = True
+            asyncio.get_running_loop().create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        """Send batches until nothing is pending: commits arriving meanwhile join the next one."""
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                await self._send(batch)
+        finally:
+            self.flushing = False
+
+    async def _ready(self) -> Connection:
+        """The connection, opened if need be, with the dedup script loaded on it."""
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = self._connect()
+            await conn.connect()  # type: ignore[no-untyped-call]
+            self._script_ready = False
+        if self._sink.dedup_window and not self._script_ready:
+            # On this connection, before the batch: a restarted Redis has no scripts.
+            await conn.send_command("SCRIPT", "LOAD", _DEDUP_SCRIPT, check_health=False)
+            await conn.read_response()
+            self._script_ready = True
+        return conn
+
+    async def warm(self) -> BaseException | None:
+        """Connect ahead of the first batch; a failure backs the lane off and is returned."""
+        try:
+            await self._ready()
+        except (RedisError, OSError) as exc:
+            self._down(exc)
+            return exc
+        return None
+
+    async def _send(self, batch: _Batch) -> None:
+        sink = self._sink
+        try:
+            conn = await self._ready()
+            out: list[bytes] = []
+            for packed, _ in batch:
+                out.extend(packed)
+            await conn.send_packed_command(out, check_health=False)
+            results: list[str | BaseException] = []
+            for _ in batch:
+                try:
+                    entry = await conn.read_response()
+                    results.append(entry.decode() if isinstance(entry, bytes) else str(entry))
+                except NoScriptError as exc:  # scripts flushed: reload before the next batch
+                    self._script_ready = False
+                    results.append(exc)
+                except ResponseError as exc:  # e.g. OOM: this entry failed, the stream is in sync
+                    if isinstance(exc, (AskError, ClusterDownError)) and self._trouble is not None:
+                        self._trouble()  # MOVED, ASK, CLUSTERDOWN: the slot map changed
+                    results.append(exc)
+            if sink.durability == "replicated":
+                await self._wait_replicas(conn, results)
+        except (RedisError, OSError, asyncio.CancelledError) as exc:
+            self._fail(batch, exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        self._backoff = 0.0
+        sink.batches += 1
+        sink.entries += len(batch)
+        sink.max_batch = max(sink.max_batch, len(batch))
+        for (_, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(SinkError(f"redis refused the entry: {result}"))
+            else:
+                future.set_result(result)
+
+    async def _wait_replicas(self, conn: Connection, results: list[str | BaseException]) -> None:
+        sink = self._sink
+        await conn.send_command("WAIT", sink.replicas, sink.wait_timeout_ms, check_health=False)
+        acked = await conn.read_response()
+        if not isinstance(acked, int) or acked < sink.replicas:
+            error = SinkError(f"only {acked} of {sink.replicas} replicas confirmed within {sink.wait_timeout_ms} ms")
+            results[:] = [error] * len(results)
+
+    def _fail(self, batch: _Batch, exc: BaseException) -> None:
+        """Fail a batch, drop the connection (its replies are out of step), back off."""
+        self._down(exc)
+        error = SinkError(f"redis queue {self.label}: {exc}")
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(error)
+
+    def _down(self, exc: BaseException) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            asyncio.get_running_loop().create_task(conn.disconnect(nowait=True))
+        self._backoff = min(5.0, self._backoff * 2 or 0.1)
+        self.down_until = time.monotonic() + self._backoff
+        log.warning("redis queue %s failed (%s); retrying in %.1f s", self.label, exc, self._backoff)
+        if self._trouble is not None:
+            self._trouble()
+
+    async def close(self) -> None:
+        """Let the batch in flight finish, then close the connection."""
+        for _ in range(200):
+            if not self.flushing:
+                break
+            await asyncio.sleep(0.01)
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.disconnect()
+
+
+# -- where the queue lives --------------------------------------------------------------------
+
+
+async def _backlog(client: aioredis.Redis | RedisCluster, stream: str, group: str | None) -> int:
+    """The group's lag on ``stream`` when a group is named (and known), else XLEN."""
+    if group is not None:
+        try:
+            infos: Any = await client.xinfo_groups(stream)
+        except ResponseError:  # no such stream (yet)
+            infos = []
+        for info in infos:
+            name = info.get("name")
+            if name in (group, group.encode()) and info.get("lag") is not None:
+                return int(info["lag"])
+    return int(await client.xlen(stream))
+
+
+class _Topology(Protocol):
+    async def start(self) -> None: ...
+    def route(self, writer: RedisStreamWriter) -> tuple[_Lane, list[bytes], int | None]: ...
+    def available(self) -> bool: ...
+    async def backlog(self) -> int: ...
+    async def close(self) -> None: ...
+
+
+class _Single:
+    """One server (``redis://``, ``rediss://``, ``unix://``), or the master Sentinel names."""
+
+    def __init__(self, sink: RedisStreamSink, queue: QueueURL, timeout: float) -> None:
+        self._sink = sink
+        self._sentinel: Sentinel | None = None
+        self.redis: aioredis.Redis
+        if queue.kind == "sentinel":
+            # A sentinel that is away is skipped at once (no retries): the next one is asked.
+            socket = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+            watchers = {**socket, "ssl": queue.ssl, "retry": Retry(NoBackoff(), 0)}
+            self._sentinel = Sentinel(list(queue.nodes), sentinel_kwargs=watchers, **socket)  # type: ignore[no-untyped-call]
+            self.redis = self._sentinel.master_for(
+                queue.service, db=queue.db, username=queue.username, password=queue.password, ssl=queue.ssl,
+            )
+        else:
+            self.redis = aioredis.Redis.from_url(queue.url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        self.lane = _Lane(sink, self.redis.connection_pool.make_connection, sink._safe_url)
+        self._stream = sink.stream.encode()
+
+    async def start(self) -> None:
+        await self.redis.ping()
+        if self._sink.dedup_window:
+            await self.redis.script_load(_DEDUP_SCRIPT)
+
+    def route(self, writer: RedisStreamWriter) -> tuple[_Lane, list[bytes], int | None]:
+        sink = self._sink
+        dedup = None if writer._digest is None else sink._dedup_prefix + writer._dedup_hash()
+        return self.lane, writer._packed(sink._xadd_head, self._stream, dedup), None
+
+    def available(self) -> bool:
+        return time.monotonic() >= self.lane.down_until
+
+    async def backlog(self) -> int:
+        return await _backlog(self.redis, self._sink.stream, self._sink.group)
+
+    async def close(self) -> None:
+        await self.lane.close()
+        await self.redis.aclose()
+        if self._sentinel is not None:
+            for client in self._sentinel.sentinels:
+                await client.aclose()
+
+
+class _Cluster:
+    """Redis Cluster: shard streams, one lane per master node, the slot map from RedisCluster."""
+
+    def __init__(self, sink: RedisStreamSink, queue: QueueURL, shards: int, timeout: float) -> None:
+        if not 0 < shards <= _MAX_SHARDS:
+            raise ValueError(f"shards wants a number from 1 to {_MAX_SHARDS}, got {shards}")
+        _check_stream_name(sink.stream)
+        self._sink = sink
+        self.count = shards
+        # No retries inside redis-py (the sink backs off); no full coverage needed to start
+        # (a shard whose slot no node serves gets 451, the others work).
+        self.client = RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in queue.nodes], username=queue.username,
+            password=queue.password, ssl=queue.ssl, socket_timeout=timeout, socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0), require_full_coverage=False,
+        )
+        self.keys = [shard_stream(sink.stream, i) for i in range(shards)]
+        self._names = [key.encode() for key in self.keys]
+        self._heads = [_xadd_head(name, sink.maxlen)[1] for name in self._names]
+        self._dedup_prefixes = [name + b":dedup:" for name in self._names]
+        self._slots = [self.client.keyslot(name) for name in self._names]
+        self.lanes: dict[str, _Lane] = {}  # by node name
+        self.shard_lanes: list[_Lane | None] = [None] * shards
+        self._next = 0
+        self._refreshing: asyncio.Task[None] | None = None
+        self._refreshed_at = 0.0
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    async def start(self) -> None:
+        await self.client.initialize()
+        self._map()
+        unserved = [i for i, lane in enumerate(self.shard_lanes) if lane is None]
+        if unserved:
+            raise RedisClusterException(f"no node serves the slots of shards {unserved}")
+        lanes = list(self.lanes.values())
+        failures = await asyncio.gather(*(lane.warm() for lane in lanes))
+        if all(failures):  # every node is away: as good as no cluster
+            raise RedisClusterException(f"no cluster node answers: {failures[0]}")
+
+    def _map(self) -> None:
+        """Map each shard to the lane of the node serving its slot (new nodes get a lane)."""
+        nodes = self.client.nodes_manager
+        used: dict[str, _Lane] = {}
+        for shard, slot in enumerate(self._slots):
+            try:
+                node = nodes.get_node_from_slot(slot)
+            except RedisClusterException:  # SlotNotCoveredError
+                self.shard_lanes[shard] = None
+                continue
+            lane = used.get(node.name) or self.lanes.get(node.name) or self._lane(node)
+            used[node.name] = self.shard_lanes[shard] = lane
+        for name, lane in self.lanes.items():
+            if name not in used:  # the node serves none of our shards any more
+                task = asyncio.get_running_loop().create_task(lane.close())
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
+        self.lanes = used
+
+    def _lane(self, node: ClusterNode) -> _Lane:
+        # A connection of our own to the node, made the way the node's pool makes one.
+        kind: Callable[..., Connection] = node.connection_class
+        options = {**node.connection_kwargs, "retry": Retry(NoBackoff(), 0)}
+        return _Lane(self._sink, lambda: kind(**options), f"{self._sink._safe_url} node {node.name}", self.refresh)
+
+    def refresh(self) -> None:
+        """Re-read the slot map in the background: one refresh at a time, at most two a second."""
+        if self._closed or (self._refreshing is not None and not self._refreshing.done()):
+            return
+        self._refreshing = asyncio.get_running_loop().create_task(self._refresh())
+
+    async def _refresh(self) -> None:
+        pause = self._refreshed_at + 0.5 - time.monotonic()
+        if pause > 0:
+            await asyncio.sleep(pause)
+        try:
+            await self.client.nodes_manager.initialize()
+        except (RedisError, RedisClusterException, OSError) as exc:
+            log.warning("redis queue %s: slot map refresh failed: %s", self._sink._safe_url, exc)
+        else:
+            self._map()
+        finally:
+            self._refreshed_at = time.monotonic()
+
+    def route(self, writer: RedisStreamWriter) -> tuple[_Lane, list[bytes], int | None]:
+        if writer._digest is not None:  # the same message always goes to the same shard
+            digest = writer._dedup_hash()
+            shard = int(digest[:8], 16) % self.count
+            dedup: bytes | None = self._dedup_prefixes[shard] + digest
+        else:
+            shard, dedup = self._turn(), None
+        lane = self.shard_lanes[shard]
+        if lane is None:
+            self.refresh()
+            raise SinkError(f"redis queue {self._sink._safe_url}: no node serves shard {shard} (retrying)")
+        return lane, writer._packed(self._heads[shard], self._names[shard], dedup), shard
+
+    def _turn(self) -> int:
+        """The next shard whose node is not backing off."""
+        now = time.monotonic()
+        for _ in range(self.count):
+            shard = self._next
+            self._next = (shard + 1) % self.count
+            lane = self.shard_lanes[shard]
+            if lane is not None and now >= lane.down_until:
+                return shard
+        raise SinkError(f"redis queue {self._sink._safe_url}: no cluster node is available (retrying)")
+
+    def available(self) -> bool:
+        now = time.monotonic()
+        return any(now >= lane.down_until for lane in self.lanes.values())
+
+    async def backlog(self) -> int:
+        sink = self._sink
+        return sum(await asyncio.gather(*(_backlog(self.client, key, sink.group) for key in self.keys)))
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._refreshing is not None:
+            self._refreshing.cancel()
+        await asyncio.gather(*(lane.close() for lane in self.lanes.values()), *self._retiring)
+        await self.client.aclose()
+
+
+# -- the sink ---------------------------------------------------------------------------------
+
+
 class RedisStreamSink:
-    """Queue accepted messages into a Redis stream.
+    """Queue accepted messages into a Redis stream (or, in a cluster, shard streams).
 
     Args:
-        url: ``redis://[user:password@]host:port/db`` or ``rediss://`` for TLS.
-        stream: the stream key.
+        url: ``redis://[user:password@]host:port/db`` (``rediss://`` for TLS), or a
+            ``redis+sentinel://`` or ``redis+cluster://`` URL (see the module docstring).
+        stream: the stream key (in a cluster, the prefix of the shard streams).
         maxlen: trim with ``MAXLEN ~ maxlen`` (None: never trim; unconsumed mail is never
             dropped by default).
         timeout: socket timeout for Redis I/O, seconds.
         durability: ``ack`` or ``replicated`` (``WAIT replicas wait_timeout_ms``).
         replicas, wait_timeout_ms: for ``replicated``.
+        shards: cluster only: the number of shard streams (default: the URL's ``shards=N``,
+            else :data:`DEFAULT_SHARDS`). Producers and consumers must agree on it.
+
+    Raises:
+        ValueError: the URL or an option is malformed.
     """
 
     def __init__(self, url: str, *, stream: str = "smtpfront:inbound", maxlen: int | None = None,
                  timeout: float = 10.0, durability: Literal["ack", "replicated"] = "ack", replicas: int = 1,
                  wait_timeout_ms: int = 1000, dedup_window: int = 900, high_water: int | None = None,
                  group: str | None = None, monitor_interval: float = 1.0,
-                 inflight_budget: int = 64 * 1024 * 1024) -> None:
+                 inflight_budget: int = 64 * 1024 * 1024, shards: int | None = None) -> None:
         self.url = url
         self.stream = stream
         self.maxlen = maxlen
@@ -178,48 +713,43 @@ class RedisStreamSink:
         self.durability = durability
         self.replicas = replicas
         self.wait_timeout_ms = wait_timeout_ms
-        self._redis = aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-        args: list[bytes] = [b"XADD", stream.encode()]
-        if maxlen is not None:
-            args += [b"MAXLEN", b"~", str(maxlen).encode()]
-        args.append(b"*")
-        self._xadd_args = len(args)
-        self._xadd_prefix = b"".join(_bulk(a) for a in args)
-        self._conn: Connection | None = None
-        self._script_ready = False  # the dedup script is loaded on _conn
-        self._pending: list[tuple[list[bytes], asyncio.Future[str]]] = []
-        self._flushing = False
-        self._backoff = 0.0
-        self._down_until = 0.0
+        self._xadd_args, self._xadd_head = _xadd_head(stream.encode(), maxlen)
         self._closed = False
         # Figures for operators and the benchmark: batches sent, entries written.
         self.batches = 0
         self.entries = 0
         self.max_batch = 0
+        queue = parse_queue_url(url)
+        self._topology: _Topology
+        if queue.kind == "cluster":
+            self.shards = shards or queue.shards
+            self._topology = _Cluster(self, queue, self.shards, timeout)
+        else:
+            if shards:
+                raise ValueError(f"shards={shards}: sharded streams need a redis+cluster:// queue")
+            self.shards = 0  # one stream
+            self._topology = _Single(self, queue, timeout)
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> RedisStreamSink:
+        """The sink for any Redis queue URL (the constructor; it takes every URL form)."""
+        return cls(url, **options)
 
     async def start(self) -> None:
         """Connect, check the server answers, load the dedup script, start the high-water monitor."""
         try:
-            await self._redis.ping()
-            if self.dedup_window:
-                await self._redis.script_load(_DEDUP_SCRIPT)
-        except RedisError as exc:
+            await self._topology.start()
+        except (RedisError, RedisClusterException, OSError) as exc:
             raise SinkError(f"redis queue {self._safe_url}: {exc}") from exc
         if self.high_water is not None:
             await self._measure()
             self._monitor = asyncio.get_running_loop().create_task(self._watch())
 
     async def _measure(self) -> None:
-        """full ⇔ the backlog (the group's lag when a group is named, else XLEN) > high_water."""
+        """full ⇔ the backlog (the group's lag when a group is named, else XLEN; summed over
+        the shards in a cluster) > high_water."""
         assert self.high_water is not None
-        backlog: int | None = None
-        if self.group is not None:
-            for info in await self._redis.xinfo_groups(self.stream):
-                name = info.get("name")
-                if name in (self.group, self.group.encode()) and info.get("lag") is not None:
-                    backlog = int(info["lag"])
-        if backlog is None:
-            backlog = int(await self._redis.xlen(self.stream))
+        backlog = await self._topology.backlog()
         full = backlog > self.high_water
         if full != self.full:
             log.warning("redis queue %s %s its high-water mark (%d > %d)", self._safe_url,
@@ -231,7 +761,7 @@ class RedisStreamSink:
             await asyncio.sleep(self.monitor_interval)
             try:
                 await self._measure()
-            except RedisError as exc:  # Redis away: commits already fail with 451
+            except (RedisError, RedisClusterException) as exc:  # Redis away: commits already fail with 451
                 log.debug("high-water check failed: %s", exc)
 
     def _pressure(self) -> Awaitable[None] | None:
@@ -249,111 +779,20 @@ class RedisStreamSink:
     @property
     def _safe_url(self) -> str:
         """The URL without its password, for messages."""
-        head, sep, tail = self.url.partition("@")
+        head, sep, tail = self.url.rpartition("@")
         return f"{head.split('://')[0]}://***@{tail}" if sep else self.url
 
     def open(self, envelope: Envelope) -> RedisStreamWriter:
         """Start a message (no I/O: the record is written at commit)."""
         if self._closed:
             raise SinkError("redis queue is closed")
-        if time.monotonic() < self._down_until:
+        if not self._topology.available():
             raise SinkError(f"redis queue {self._safe_url} is unavailable (retrying)")
         return RedisStreamWriter(self, envelope)
 
-    async def _commit(self, packed: list[bytes]) -> str:
-        if time.monotonic() < self._down_until:
-            raise SinkError(f"redis queue {self._safe_url} is unavailable (retrying)")
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._pending.append((packed, future))
-        if not self._flushing:
-            self._flushing = True
-            asyncio.get_running_loop().create_task(self._flush())
-        return await future
-
-    async def _flush(self) -> None:
-        """Send batches until nothing is pending: commits arriving meanwhile join the next one."""
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                await self._send(batch)
-        finally:
-            self._flushing = False
-
-    async def _send(self, batch: Sequence[tuple[list[bytes], asyncio.Future[str]]]) -> None:
-        try:
-            conn = self._conn
-            if conn is None:
-                conn = self._conn = self._redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
-                await conn.connect()
-                self._script_ready = False
-            if self.dedup_window and not self._script_ready:
-                # On this connection, before the batch: a restarted Redis has no scripts.
-                await conn.send_command("SCRIPT", "LOAD", _DEDUP_SCRIPT, check_health=False)
-                await conn.read_response()
-                self._script_ready = True
-            out: list[bytes] = []
-            for packed, _ in batch:
-                out.extend(packed)
-            await conn.send_packed_command(out, check_health=False)
-            results: list[str | BaseException] = []
-            for _ in batch:
-                try:
-                    entry = await conn.read_response()
-                    results.append(entry.decode() if isinstance(entry, bytes) else str(entry))
-                except NoScriptError as exc:  # scripts flushed: reload before the next batch
-                    self._script_ready = False
-                    results.append(exc)
-                except ResponseError as exc:  # e.g. OOM: this entry failed, the stream is in sync
-                    results.append(exc)
-            if self.durability == "replicated":
-                await self._wait_replicas(conn, results)
-        except (RedisError, OSError, asyncio.CancelledError) as exc:
-            self._fail(batch, exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            return
-        self._backoff = 0.0
-        self.batches += 1
-        self.entries += len(batch)
-        self.max_batch = max(self.max_batch, len(batch))
-        for (_, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, BaseException):
-                future.set_exception(SinkError(f"redis refused the entry: {result}"))
-            else:
-                future.set_result(result)
-
-    async def _wait_replicas(self, conn: Connection, results: list[str | BaseException]) -> None:
-        await conn.send_command("WAIT", self.replicas, self.wait_timeout_ms, check_health=False)
-        acked = await conn.read_response()
-        if not isinstance(acked, int) or acked < self.replicas:
-            error = SinkError(f"only {acked} of {self.replicas} replicas confirmed within {self.wait_timeout_ms} ms")
-            results[:] = [error] * len(results)
-
-    def _fail(self, batch: Sequence[tuple[list[bytes], asyncio.Future[str]]], exc: BaseException) -> None:
-        """Fail a batch, drop the connection (its replies are out of step), back off."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            asyncio.get_running_loop().create_task(conn.disconnect(nowait=True))
-        self._backoff = min(5.0, self._backoff * 2 or 0.1)
-        self._down_until = time.monotonic() + self._backoff
-        log.warning("redis queue %s failed (%s); retrying in %.1f s", self._safe_url, exc, self._backoff)
-        error = SinkError(f"redis queue {self._safe_url}: {exc}")
-        for _, future in batch:
-            if not future.done():
-                future.set_exception(error)
-
     async def close(self) -> None:
-        """Let the batch in flight finish, then close the connections."""
+        """Let the batches in flight finish, then close the connections."""
         self._closed = True
         if self._monitor is not None:
             self._monitor.cancel()
-        for _ in range(200):
-            if not self._flushing:
-                break
-            await asyncio.sleep(0.01)
-        if self._conn is not None:
-            await self._conn.disconnect()
-            self._conn = None
-        await self._redis.aclose()
+        await self._topology.close()

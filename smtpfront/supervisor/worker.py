@@ -36,11 +36,11 @@ log = logging.getLogger(__name__)
 def build_sink(config: Config) -> Sink:
     """The sink ``config.queue`` names (redis://, rediss://, maildir:DIR, null:)."""
     scheme, _, rest = config.queue.partition(":")
-    if scheme in ("redis", "rediss"):
+    if scheme in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "redis+sentinel", "rediss+sentinel"):
         from ..sink.redis_streams import RedisStreamSink
 
         r = config.redis
-        return RedisStreamSink(
+        return RedisStreamSink.from_url(
             config.queue, stream=r.stream, maxlen=r.maxlen, timeout=r.timeout, durability=r.durability,
             replicas=r.replicas, wait_timeout_ms=r.wait_timeout_ms, dedup_window=r.dedup_window,
             high_water=r.high_water, group=r.group, monitor_interval=r.monitor_interval,

@@ -226,3 +226,17 @@ def test_inflight_budget_pauses_and_resumes_without_losing_mail(redis_server: Re
     sink = asyncio.run(main())
     assert waited > 0  # the budget made writers wait instead of buffering without bound
     assert sink.entries == 40 and len(entries(redis_server.url)) == 40
+
+
+def test_identical_messages_without_a_message_id_are_all_queued(redis_server: RedisServer) -> None:
+    # A monitoring script may send the same alert twice: without a Message-ID a retry cannot
+    # be told from a new message, so neither may be dropped.
+    body = b"Subject: disk full\r\n\r\n/var is at 99%\r\n"
+
+    def client(port: int) -> None:
+        for _ in range(2):
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+                smtp.sendmail("monitor@example.org", ["ops@example.net"], body)
+
+    run_server_and(redis_server.url, client)
+    assert len(entries(redis_server.url)) == 2

@@ -8,6 +8,7 @@ import re
 import signal
 import smtplib
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -220,3 +221,63 @@ def test_a_stuck_worker_is_replaced(serve: type[Serve]) -> None:
     server.ready()
     server.send(2)
     assert server.stop() == 0
+
+
+def test_a_config_file_with_two_listeners(tmp_path: Path) -> None:
+    plain, implicit = free_port(), free_port()
+    config = tmp_path / "smtpfront.toml"
+    config.write_text(f"""
+workers = 1
+queue = "maildir:{tmp_path / 'spool'}"
+hostname = "mx.test"
+
+[[listeners]]
+address = "127.0.0.1:{plain}"
+tls = "none"
+
+[[listeners]]
+address = "127.0.0.1:{implicit}"
+tls = "implicit"
+
+[tls]
+self_signed_dir = "{tmp_path / 'tls'}"
+""")
+    log = tmp_path / "serve.log"
+    proc = subprocess.Popen([sys.executable, "-m", "smtpfront", "serve", "--config", str(config)],
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", implicit), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        with smtplib.SMTP("127.0.0.1", plain, timeout=TIMEOUT) as smtp:
+            smtp.sendmail("a@example.org", ["b@example.net"], b"Subject: plain\r\n\r\nx\r\n")
+        context = ssl.create_default_context(cafile=str(tmp_path / "tls" / "selfsigned-mx.test.pem"))
+        with smtplib.SMTP_SSL("127.0.0.1", implicit, timeout=TIMEOUT, context=context,
+                              local_hostname="client.test") as smtp:
+            smtp.sock.getpeercert()  # verified against the generated certificate
+            smtp.sendmail("a@example.org", ["b@example.net"], b"Subject: implicit\r\n\r\nx\r\n")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=TIMEOUT + 5) == 0, log.read_text()
+    bodies = b"".join(path.read_bytes() for path in (tmp_path / "spool" / "new").iterdir())
+    assert b"Subject: plain" in bodies and b"Subject: implicit" in bodies
+    assert b"with ESMTPS" in bodies  # the implicit-TLS message says so in its trace
+
+
+def test_check_config_prints_the_effective_configuration(tmp_path: Path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text('queue = "redis://user:hunter2@127.0.0.1:6379/0"\n[limits]\nmessage_size = 1000000\n')
+    out = subprocess.run([sys.executable, "-m", "smtpfront", "check-config", str(good)],
+                         capture_output=True, text=True, timeout=TIMEOUT)
+    assert out.returncode == 0, out.stderr
+    assert "message_size = 1000000" in out.stdout and "hunter2" not in out.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[limits]\nbare_line_endings = "maybe"\n')
+    out = subprocess.run([sys.executable, "-m", "smtpfront", "check-config", str(bad)],
+                         capture_output=True, text=True, timeout=TIMEOUT)
+    assert out.returncode == 2
+    assert "limits.bare_line_endings" in out.stderr and "reject" in out.stderr
