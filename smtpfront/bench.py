@@ -63,11 +63,12 @@ class _Answerer:
     def feed(self, data: bytes) -> bytes:
         """One read: copy into the buffer in place, drain every event, return the one write."""
         conn = self.conn
+        view = memoryview(data)  # one copy per read, into the buffer, as recv_into makes
         pos, end = 0, len(data)
         while pos < end:
             room = conn.writable()
             n = min(len(room), end - pos)
-            room[:n] = data[pos : pos + n]
+            room[:n] = view[pos : pos + n]
             conn.commit(n)
             pos += n
             self._drain()
