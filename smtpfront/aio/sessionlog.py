@@ -1,8 +1,8 @@
 """Structured session logs, written by listeners so they never delay a reply.
 
-At INFO: one line per accepted message (``queued``), per refusal (``reject``), per
-successful AUTH (``auth``) and one summary when the session ends (``session``). At DEBUG
-also ``connect``, ``secure`` and ``helo``. Peer-chosen text is sanitised by the formatter
+At INFO, one line per session event: ``connect``, ``secure`` (TLS established), ``helo``,
+``auth`` (successful), ``queued`` (each accepted message), ``reject`` (each refusal) and
+``session`` (the summary when it ends). Peer-chosen text is sanitised by the formatter
 (:func:`smtpfront.logs.sanitize`); credentials never reach a listener.
 """
 
@@ -25,18 +25,18 @@ def _logger(session: Session) -> SessionLogger:
 
 
 def _on_connect(session: Session) -> None:
-    if _log.isEnabledFor(logging.DEBUG):
-        _logger(session).debug_event("connect", local=f"{session.local_address}:{session.local_port}")
+    if _log.isEnabledFor(logging.INFO):
+        _logger(session).event("connect", local=f"{session.local_address}:{session.local_port}")
 
 
 def _on_secure(session: Session) -> None:
-    if _log.isEnabledFor(logging.DEBUG):
-        _logger(session).debug_event("secure", **(session.tls or {}))
+    if _log.isEnabledFor(logging.INFO):
+        _logger(session).event("secure", **(session.tls or {}))
 
 
 def _on_helo(session: Session) -> None:
-    if _log.isEnabledFor(logging.DEBUG):
-        _logger(session).debug_event("helo", helo=sanitize(session.helo or ""), esmtp=session.esmtp)
+    if _log.isEnabledFor(logging.INFO):
+        _logger(session).event("helo", helo=sanitize(session.helo or ""), esmtp=session.esmtp)
 
 
 def _on_auth(session: Session, username: str) -> None:

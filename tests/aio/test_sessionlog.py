@@ -1,0 +1,61 @@
+"""Session logs on the wire: one JSON line per session event, credentials never written."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import io
+import logging
+import smtplib
+
+import orjson
+
+from smtpfront import Hooks, SMTPServer
+from smtpfront.core.events import SaslCredentials
+from smtpfront.hooks import Session
+from smtpfront.logs import setup_logging
+from smtpfront.sink.memory import MemorySink
+
+SECRET = "correct horse battery staple"
+
+
+class Users(Hooks):
+    async def on_auth(self, session: Session, credentials: SaslCredentials) -> bool:
+        return credentials.username == "alice" and credentials.password == SECRET
+
+
+def test_session_events_are_logged_as_json_without_credentials() -> None:
+    stream = io.StringIO()
+    logger = logging.getLogger("smtpfront")
+    saved = (logger.propagate, logger.level, list(logger.handlers))
+    setup_logging("INFO", json=True, stream=stream)
+    try:
+        def client(port: int) -> None:
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+                smtp.ehlo("client.example")
+                smtp.login("alice", SECRET)  # AUTH PLAIN with the password base64-encoded on the wire
+                smtp.sendmail("alice@example.org", ["bob@example.net"], b"Subject: log\r\n\r\nx\r\n")
+                with contextlib.suppress(smtplib.SMTPException):
+                    smtp.rcpt("not an address")
+
+        async def main() -> None:
+            async with SMTPServer(Users(), port=0, sink=MemorySink(), tls=False, auth_methods=["PLAIN"],
+                                  allow_insecure_auth=True, auth_failure_delay=0) as server:
+                await asyncio.get_running_loop().run_in_executor(None, client, server.port)
+                await asyncio.sleep(0.1)  # listeners run after the replies
+
+        asyncio.run(main())
+    finally:
+        logger.propagate, logger.level, logger.handlers[:] = saved[0], saved[1], saved[2]
+    text = stream.getvalue()
+    records = [orjson.loads(line) for line in text.splitlines() if line.strip()]
+    events = [r["msg"] for r in records if r.get("logger") == "smtpfront.session"]
+    for name in ("connect", "helo", "auth", "queued", "reject", "session"):
+        assert name in events, (name, events)
+    session_ids = {r["session"] for r in records if r.get("logger") == "smtpfront.session"}
+    assert len(session_ids) == 1
+    queued = next(r for r in records if r.get("msg") == "queued")
+    assert queued["mail_from"] == "alice@example.org" and queued["recipients"] == 1 and queued["size"] > 0
+    plain_blob = base64.b64encode(b"\0alice\0" + SECRET.encode()).decode()  # what AUTH PLAIN sent
+    assert SECRET not in text and plain_blob not in text
