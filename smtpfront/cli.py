@@ -19,13 +19,15 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
 from collections.abc import Sequence
 
+from . import metrics
 from ._version import __version__
-from .config import Config, ConfigError, load_config, render
+from .config import Config, ConfigError, load_config, parse_address, render
 from .logs import setup_logging
 from .sink.base import SinkError
 from .supervisor.arbiter import Arbiter
@@ -64,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-fsync", action="store_true", help="maildir: do not fsync (a crash may lose mail)")
     serve.add_argument("--graceful-timeout", type=float, help="seconds open transactions get on SIGTERM (30)")
     serve.add_argument("--heartbeat-timeout", type=float, help="seconds before a silent worker is replaced (30)")
+    serve.add_argument("--metrics-listen", metavar="HOST:PORT",
+                       help="/metrics, /healthz, /readyz (default 127.0.0.1:9101)")
     serve.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
     serve.add_argument("--log-format", choices=["json", "plain"], help="json (default) or plain")
     check = sub.add_parser("check-config", help="validate a configuration and print the effective one")
@@ -104,6 +108,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
         "limits.message_size": args.size, "listeners.max_clients": args.max_clients,
         "maildir.fsync": False if args.no_fsync else None, "supervisor.graceful_timeout": args.graceful_timeout,
         "supervisor.heartbeat_timeout": args.heartbeat_timeout, "logging.level": args.log_level,
+        "metrics.listen": args.metrics_listen,
         "logging.format": args.log_format,
     }
 
@@ -130,12 +135,31 @@ def serve(args: argparse.Namespace) -> int:
     def reload_check() -> None:  # SIGHUP: the new generation reads the file again
         current[0] = load_config(args.config, env=os.environ, overrides=_overrides(args))
 
+    directory = metrics.prepare()  # before any fork: every worker writes its metric files here
+    restarts = metrics.metrics().worker_restarts
+
+    def reaped(pid: int, unexpected: bool) -> None:
+        metrics.worker_gone(pid)
+        if unexpected:
+            restarts.inc()
+
     arbiter = Arbiter(
         worker_main=lambda context: worker_main(current[0], context), workers=config.workers,
         graceful_timeout=config.supervisor.graceful_timeout, heartbeat_timeout=config.supervisor.heartbeat_timeout,
-        reload_check=reload_check,
+        reload_check=reload_check, on_reaped=reaped,
     )
-    return arbiter.run()
+    host, port = parse_address(config.metrics.listen)
+    health = metrics.HealthServer(host, port, ready=arbiter.ready)
+    try:
+        health.start()
+    except OSError as exc:
+        raise SystemExit(f"smtpfront: {exc.strerror or exc}") from None
+    log.info("metrics", extra={"address": f"{host}:{health.port}"})
+    try:
+        return arbiter.run()
+    finally:
+        health.stop()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def check_config(args: argparse.Namespace) -> int:

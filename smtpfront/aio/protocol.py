@@ -60,6 +60,7 @@ from ..core.events import (
 from ..core.replies import Reply
 from ..core.states import State
 from ..hooks import CommandContext, HookChain, Listeners, Reject, Session
+from ..metrics import instruments
 from ..sink.base import Envelope, MessageWriter, Sink, SinkError
 from .body import BodyStream
 from .settings import ListenerSettings, in_networks
@@ -94,6 +95,7 @@ class ServerState:
         self.sink = sink
         self.listeners = listeners
         self.trace = trace  # builds the Received: header for an envelope
+        self.instruments = instruments()  # after the fork: each worker writes its own metric files
         self.connections: set[SMTPProtocol] = set()
         self.closing = False
         self.messages_accepted = 0
@@ -139,13 +141,17 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             id=f"{_PID:x}{next(_ids):07x}", client_address=str(peer[0]), client_port=int(peer[1]),
             local_address=str(local[0]), local_port=int(local[1]), lmtp=settings.features.lmtp,
         )
+        m = state.instruments
+        m.connections.inc()
         if state.closing or (settings.max_clients and len(state.connections) >= settings.max_clients):
+            (m.refused_closing if state.closing else m.refused_full).inc()
             transport.write(R.TOO_MANY_CONNECTIONS.encode(False) if not state.closing
                             else R.SHUTTING_DOWN.encode(False))
             transport.close()
             self._closed = True
             return
         state.connections.add(self)
+        m.active.inc()
         expect_proxy = in_networks(self.session.client_address, settings.proxy_networks)
         # With implicit TLS the handshake comes before any SMTP octet: the session is
         # encrypted from its first command (AUTH offered, require_tls satisfied).
@@ -213,6 +219,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         if self not in self.state.connections:
             return  # refused at connect (max_clients, shutting down): no session began
         self.state.connections.discard(self)
+        self.state.instruments.active.dec()
         self.deadline.cancel()
         if self._task is not None and not self._task.done():
             self._task.cancel()
@@ -629,9 +636,16 @@ class SMTPProtocol(asyncio.BufferedProtocol):
     async def _end_chunk(self, event: BodyEnd) -> None:
         conn = self.conn
         due = conn.replies_due
+        started = self.loop.time()
         replies = await self._message_replies(event, due)
         for reply in replies:
             conn.send(reply)
+        if event.last:
+            m = self.state.instruments
+            m.dot_to_reply.observe(self.loop.time() - started)
+            m.received_bytes.inc(event.size)
+            first = replies[0]
+            (m.accepted if first.is_positive else m.tempfailed if first.is_transient else m.rejected).inc()
         if event.last or not replies[0].is_positive:
             self.session.reset_transaction()
             if self._draining:
@@ -668,9 +682,13 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         assert writer is not None
         if envelope is not None:
             envelope.size = self._size
+        committing = self.loop.time()
         try:
             async with asyncio.timeout(self.settings.timeouts.sink):
                 queue_id = await writer.commit()
+            m = self.state.instruments
+            m.queue_write.observe(self.loop.time() - committing)
+            m.message_size.observe(self._size)
         except (TimeoutError, SinkError, OSError) as exc:
             log.warning("session %s: queue commit failed: %s", self.session.id, exc)
             await _quietly(writer.abort())

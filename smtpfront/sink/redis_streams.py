@@ -69,6 +69,7 @@ from redis.exceptions import (
     ResponseError,
 )
 
+from ..metrics import instruments
 from .base import Envelope, SinkError
 from .record import envelope_fields
 
@@ -431,6 +432,9 @@ class _Lane:
         sink.batches += 1
         sink.entries += len(batch)
         sink.max_batch = max(sink.max_batch, len(batch))
+        m = instruments()
+        m.batch_size.observe(len(batch))
+        m.queue_up.set(1)
         for (_, future), result in zip(batch, results, strict=True):
             if future.done():
                 continue
@@ -449,6 +453,9 @@ class _Lane:
 
     def _fail(self, batch: _Batch, exc: BaseException) -> None:
         """Fail a batch, drop the connection (its replies are out of step), back off."""
+        m = instruments()
+        m.queue_errors.inc()
+        m.queue_up.set(0)
         self._down(exc)
         error = SinkError(f"redis queue {self.label}: {exc}")
         for _, future in batch:
@@ -741,6 +748,7 @@ class RedisStreamSink:
             await self._topology.start()
         except (RedisError, RedisClusterException, OSError) as exc:
             raise SinkError(f"redis queue {self._safe_url}: {exc}") from exc
+        instruments().queue_up.set(1)
         if self.high_water is not None:
             await self._measure()
             self._monitor = asyncio.get_running_loop().create_task(self._watch())

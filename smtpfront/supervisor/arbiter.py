@@ -84,6 +84,8 @@ class Arbiter:
         graceful_timeout: seconds a stopping worker may take to finish its sessions.
         heartbeat_timeout: seconds without a heartbeat before a worker is killed.
         reload_check: called on SIGHUP before new workers start; raising keeps the old ones.
+        on_reaped: called with a reaped worker's pid and whether its exit was unexpected
+            (metrics: the worker's files are marked dead, restarts counted).
     """
 
     worker_main: Callable[[WorkerContext], int]
@@ -91,6 +93,7 @@ class Arbiter:
     graceful_timeout: float = 30.0
     heartbeat_timeout: float = 30.0
     reload_check: Callable[[], None] | None = None
+    on_reaped: Callable[[int, bool], None] | None = None
     _children: dict[int, _Worker] = field(default_factory=dict)
     _generation: int = 0
     _stopping: bool = False
@@ -271,7 +274,16 @@ class Arbiter:
             worker.context.heartbeat.close()
             self._reaped(worker, status)
 
+    def ready(self) -> bool:
+        """Serving and not draining: every live worker listens (for /readyz; read from a thread)."""
+        if self._stopping:
+            return False
+        live = [w for w in list(self._children.values()) if not w.stopping]
+        return bool(live) and all(w.ready for w in live)
+
     def _reaped(self, worker: _Worker, status: int) -> None:
+        if self.on_reaped is not None:
+            self.on_reaped(worker.pid, not (worker.stopping or self._stopping))
         number = worker.context.number
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)

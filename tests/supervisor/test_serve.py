@@ -13,10 +13,13 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from ..conftest import free_port
 
@@ -28,11 +31,13 @@ class Serve:
 
     def __init__(self, tmp: Path, *args: str) -> None:
         self.port = free_port()
+        self.metrics_port = free_port()
         self.spool = tmp / "spool"
         self.log = tmp / "serve.log"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "smtpfront", "serve", "--listen", f"127.0.0.1:{self.port}",
-             "--queue", f"maildir:{self.spool}", "--no-tls", "--log-format", "plain", *args],
+             "--queue", f"maildir:{self.spool}", "--no-tls", "--log-format", "plain",
+             "--metrics-listen", f"127.0.0.1:{self.metrics_port}", *args],
             stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + TIMEOUT
@@ -241,6 +246,9 @@ tls = "implicit"
 
 [tls]
 self_signed_dir = "{tmp_path / 'tls'}"
+
+[metrics]
+listen = "127.0.0.1:0"
 """)
     log = tmp_path / "serve.log"
     proc = subprocess.Popen([sys.executable, "-m", "smtpfront", "serve", "--config", str(config)],
@@ -281,3 +289,40 @@ def test_check_config_prints_the_effective_configuration(tmp_path: Path) -> None
                          capture_output=True, text=True, timeout=TIMEOUT)
     assert out.returncode == 2
     assert "limits.bare_line_endings" in out.stderr and "reject" in out.stderr
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=TIMEOUT) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_metrics_and_health_endpoints(serve: type[Serve]) -> None:
+    server = serve("--workers", "2", "--graceful-timeout", "10")
+    server.wait_workers(2)
+    deadline = time.monotonic() + TIMEOUT
+    while http_get(server.metrics_port, "/readyz")[0] != 200 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert http_get(server.metrics_port, "/healthz") == (200, "ok\n")
+    assert http_get(server.metrics_port, "/readyz") == (200, "ready\n")
+    server.send(3)
+    status, text = http_get(server.metrics_port, "/metrics")
+    assert status == 200
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples[("smtpfront_messages_total", (("outcome", "accepted"),))] == 3  # summed over both workers
+    assert samples[("smtpfront_connections_total", ())] >= 3
+    assert samples[("smtpfront_message_size_bytes_count", ())] == 3
+    # Draining: a transaction is open, SIGTERM arrives, /readyz says not ready while it finishes.
+    smtp = smtplib.SMTP("127.0.0.1", server.port, timeout=TIMEOUT)
+    smtp.ehlo()
+    smtp.mail("a@example.org")
+    server.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    assert http_get(server.metrics_port, "/readyz")[0] == 503
+    smtp.rcpt("b@example.net")
+    assert smtp.data(b"Subject: last\r\n\r\nx\r\n")[0] == 250
+    smtp.close()
+    assert server.stop() == 0

@@ -1,0 +1,298 @@
+"""Prometheus metrics shared by all worker processes, and the master's HTTP endpoint.
+
+prometheus-client's multiprocess mode keeps every process's values in mmapped files under
+``PROMETHEUS_MULTIPROC_DIR``; the master sums them per scrape. The master calls `prepare`
+before forking, `worker_gone` after reaping a worker, and serves ``/metrics``, ``/healthz``
+and ``/readyz`` with `HealthServer`. Every process reaches its metric objects with `metrics`.
+
+prometheus_client is imported inside functions only: it picks its value class when
+``prometheus_client.values`` is first imported, which must happen after `prepare`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["HealthServer", "Metrics", "metrics", "prepare", "worker_gone"]
+
+log = logging.getLogger(__name__)
+
+ENV = "PROMETHEUS_MULTIPROC_DIR"
+SIZE_BUCKETS = tuple(float(1024 * 4**i) for i in range(9))  # 1 KiB … 64 MiB
+BATCH_BUCKETS = tuple(float(2**i) for i in range(9))  # 1 … 256
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+REQUEST_TIMEOUT = 10.0
+
+_master_pid: int | None = None
+_metrics: Metrics | None = None
+_lock = threading.Lock()
+
+
+def prepare(directory: str | None = None) -> str:
+    """Create (or empty) the multiprocess directory, export it, and return its path.
+
+    Called once by the master before it forks, and before `metrics` in any process.
+    """
+    global _master_pid, _metrics
+    if directory is None:
+        directory = tempfile.mkdtemp(prefix="smtpfront-metrics-")
+    else:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        for entry in os.scandir(directory):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+    os.environ[ENV] = directory
+    values: Any = sys.modules.get("prometheus_client.values")
+    if values is not None:  # imported too early: choose the multiprocess value class now
+        values.ValueClass = values.get_value_class()
+    _master_pid = os.getpid()
+    _metrics = None
+    return directory
+
+
+class Metrics:
+    """The metric objects of one process (names follow Prometheus conventions)."""
+
+    connections: Counter
+    connections_active: Gauge
+    connections_rejected: Counter
+    replies: Counter
+    messages: Counter
+    received_bytes: Counter
+    message_size: Histogram
+    queue_write_seconds: Histogram
+    dot_to_reply_seconds: Histogram
+    queue_batch_size: Histogram
+    queue_errors: Counter
+    queue_up: Gauge
+    worker_restarts: Counter
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        p = "smtpfront_"
+        self.connections = Counter(p + "connections", "Client connections accepted.", registry=None)
+        self.connections_active = Gauge(
+            p + "connections_active", "Client connections open now.", multiprocess_mode="livesum", registry=None
+        )
+        self.connections_rejected = Counter(
+            p + "connections_rejected", "Connections refused (max_clients, shutting_down).", ["reason"], registry=None
+        )
+        self.replies = Counter(p + "replies", "Replies sent, by class (2xx, 3xx, 4xx, 5xx).", ["class"], registry=None)
+        self.messages = Counter(
+            p + "messages", "Messages by outcome (accepted, rejected, tempfailed).", ["outcome"], registry=None
+        )
+        self.received_bytes = Counter(p + "received_bytes", "Message bytes received.", registry=None)
+        self.message_size = Histogram(
+            p + "message_size_bytes", "Size of received messages.", buckets=SIZE_BUCKETS, registry=None
+        )
+        self.queue_write_seconds = Histogram(
+            p + "queue_write_seconds", "Queue commit latency.", buckets=LATENCY_BUCKETS, registry=None
+        )
+        self.dot_to_reply_seconds = Histogram(
+            p + "dot_to_reply_seconds", "End of DATA to final reply.", buckets=LATENCY_BUCKETS, registry=None
+        )
+        self.queue_batch_size = Histogram(
+            p + "queue_batch_size", "Messages per queue write batch.", buckets=BATCH_BUCKETS, registry=None
+        )
+        self.queue_errors = Counter(p + "queue_errors", "Failed queue writes.", registry=None)
+        # livemin: 0 while any live worker's queue is down; a reaped worker no longer counts.
+        self.queue_up = Gauge(
+            p + "queue_up", "1 when every worker's queue is reachable.", multiprocess_mode="livemin", registry=None
+        )
+        self.worker_restarts = Counter(p + "worker_restarts", "Workers respawned by the master.", registry=None)
+
+
+def metrics() -> Metrics:
+    """This process's metric objects, created on the first call (after `prepare`)."""
+    global _metrics
+    with _lock:
+        if _metrics is None:
+            if not os.environ.get(ENV):
+                raise RuntimeError("smtpfront.metrics.prepare() must be called before metrics()")
+            _metrics = Metrics()
+            if os.getpid() == _master_pid:
+                # The master sets no gauges: drop its zero-valued live gauges (queue_up would read 0).
+                worker_gone(os.getpid())
+        return _metrics
+
+
+def worker_gone(pid: int) -> None:
+    """Forget a reaped worker's live gauges (its counters are kept)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    timeout = REQUEST_TIMEOUT  # socket timeout: a silent client cannot hold a thread
+    protocol_version = "HTTP/1.0"
+
+    def do_GET(self) -> None:
+        path = urlsplit(self.path).path
+        if path == "/metrics":
+            from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+            try:
+                body = generate_latest(self.server.registry)
+            except Exception:
+                log.exception("collecting metrics failed")
+                self._send(500, b"error\n")
+            else:
+                self._send(200, body, CONTENT_TYPE_LATEST)
+        elif path == "/healthz":
+            self._send(200, b"ok\n")
+        elif path == "/readyz":
+            try:
+                ready = self.server.ready()
+            except Exception:
+                log.exception("readiness check failed")
+                ready = False
+            if ready:
+                self._send(200, b"ready\n")
+            else:
+                self._send(503, b"not ready\n")
+        else:
+            self._send(404, b"not found\n")
+
+    def _send(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        log.debug("%s - " + format, self.address_string(), *args)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    registry: CollectorRegistry
+    ready: Callable[[], bool]
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class HealthServer:
+    """``/metrics``, ``/healthz`` and ``/readyz`` over HTTP, served by a daemon thread of the master."""
+
+    def __init__(self, host: str, port: int, ready: Callable[[], bool]) -> None:
+        self.host = host
+        self._port = port
+        self._ready = ready
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Bind and serve; `OSError` when the address cannot be bound."""
+        from prometheus_client import CollectorRegistry
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        if not os.environ.get(ENV):
+            raise RuntimeError("smtpfront.metrics.prepare() must be called before HealthServer.start()")
+        registry = CollectorRegistry(auto_describe=False)
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        server_class = _Server6 if ":" in self.host else _Server
+        try:
+            server = server_class((self.host, self._port), _Handler)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot serve metrics on {self.host}:{self._port}: {exc.strerror}") from exc
+        server.registry = registry
+        server.ready = self._ready
+        self._server = server
+        self._port = int(server.server_address[1])
+        self._thread = threading.Thread(target=server.serve_forever, name="smtpfront-metrics", daemon=True)
+        self._thread.start()
+        log.info("serving metrics", extra={"host": self.host, "port": self.port})
+
+    @property
+    def port(self) -> int:
+        """The bound port (the one picked by the kernel when 0 was asked)."""
+        return self._port
+
+    def stop(self) -> None:
+        """Stop serving and close the socket; safe to call twice."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if self._thread is not None:
+            with contextlib.suppress(RuntimeError):
+                self._thread.join(timeout=REQUEST_TIMEOUT)
+            self._thread = None
+
+
+def enabled() -> bool:
+    """True once :func:`prepare` ran in this process or its parent (the pre-fork daemon)."""
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+class _Off:
+    """Stands in for a metric when metrics are off (an embedded server): every call does nothing."""
+
+    def inc(self, amount: float = 1) -> None:
+        return None
+
+    def dec(self, amount: float = 1) -> None:
+        return None
+
+    def set(self, value: float) -> None:
+        return None
+
+    def observe(self, value: float) -> None:
+        return None
+
+
+class Instruments:
+    """The metric children the hot path uses, bound once (label lookups are not free)."""
+
+    def __init__(self) -> None:
+        off = _Off()
+        m = metrics() if enabled() else None
+        self.connections: Any = m.connections if m else off
+        self.active: Any = m.connections_active if m else off
+        self.refused_full: Any = m.connections_rejected.labels("max_clients") if m else off
+        self.refused_closing: Any = m.connections_rejected.labels("shutting_down") if m else off
+        self.accepted: Any = m.messages.labels("accepted") if m else off
+        self.rejected: Any = m.messages.labels("rejected") if m else off
+        self.tempfailed: Any = m.messages.labels("tempfailed") if m else off
+        self.received_bytes: Any = m.received_bytes if m else off
+        self.message_size: Any = m.message_size if m else off
+        self.queue_write: Any = m.queue_write_seconds if m else off
+        self.dot_to_reply: Any = m.dot_to_reply_seconds if m else off
+        self.batch_size: Any = m.queue_batch_size if m else off
+        self.queue_errors: Any = m.queue_errors if m else off
+        self.queue_up: Any = m.queue_up if m else off
+
+
+_instruments: tuple[int, Instruments] | None = None
+
+
+def instruments() -> Instruments:
+    """This process's instruments, created on first use (and again in a forked child)."""
+    global _instruments
+    pid = os.getpid()
+    if _instruments is None or _instruments[0] != pid:
+        _instruments = (pid, Instruments())
+    return _instruments[1]
