@@ -601,3 +601,40 @@ def render(config: Config, *, mask_secrets: bool = True) -> str:
     for section in _SECTIONS:
         out += ["", f"[{section}]", *_lines(getattr(config, section), mask_secrets)]
     return "\n".join(out) + "\n"
+
+
+# Defaults that depend on the machine are described, so the generated table is the same everywhere.
+_DESCRIBED = {"hostname": "the host's FQDN", "workers": "the number of CPUs", "listen": "127.0.0.1:2525"}
+
+
+def _shown(value: object) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple | list):
+        return ", ".join(_shown(v) for v in value) or "(none)"
+    if isinstance(value, Mapping):
+        return "(none)" if not value else ", ".join(f"{k}" for k in value)
+    return str(value)
+
+
+def options_markdown() -> str:
+    """The README's table of every key: its default and environment variable (generated, never edited)."""
+    base = Config()
+    listener = ListenerConfig()
+    rows = ["| key | default | environment |", "|---|---|---|"]
+    for key in keys():
+        if key in _DESCRIBED:
+            default = _DESCRIBED[key]
+        elif key.startswith("listeners."):
+            default = _shown(getattr(listener, key.split(".", 1)[1]))
+        elif "." in key:
+            section, name = key.split(".", 1)
+            default = _shown(getattr(getattr(base, section), name))
+        else:
+            default = _shown(getattr(base, key))
+        aliases = [alias for alias, target in ENV_ALIASES.items() if target == key]
+        env = ", ".join(f"`{name}`" for name in [env_name(key), *aliases])
+        rows.append(f"| `{key}` | `{default}` | {env} |")
+    return "\n".join(rows) + "\n"
