@@ -155,11 +155,35 @@ def serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise SystemExit(f"smtpfront: {exc.strerror or exc}") from None
     log.info("metrics", extra={"address": f"{host}:{health.port}"})
+    agent = _agent_check(config, arbiter)
     try:
         return arbiter.run()
     finally:
         health.stop()
+        if agent is not None:
+            agent.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _agent_check(config: Config, arbiter: Arbiter) -> metrics.AgentCheckServer | None:
+    """HAProxy's agent check, when configured: weight from free capacity, drain when stopping."""
+    if config.metrics.agent_check_listen is None:
+        return None
+    limits = [item.max_clients for item in config.listeners]
+    per_worker = 0 if 0 in limits else sum(limits)  # 0: some listener is unlimited
+
+    def status() -> str:
+        return metrics.agent_status(ready=arbiter.ready(), draining=arbiter.draining,
+                                    active=metrics.active_connections(), capacity=per_worker * arbiter.workers)
+
+    host, port = parse_address(config.metrics.agent_check_listen)
+    agent = metrics.AgentCheckServer(host, port, status)
+    try:
+        agent.start()
+    except OSError as exc:
+        raise SystemExit(f"smtpfront: {exc.strerror or exc}") from None
+    log.info("agent check", extra={"address": f"{host}:{agent.port}"})
+    return agent
 
 
 def check_config(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import socket
+import socketserver
 import sys
 import tempfile
 import threading
@@ -296,3 +297,89 @@ def instruments() -> Instruments:
     if _instruments is None or _instruments[0] != pid:
         _instruments = (pid, Instruments())
     return _instruments[1]
+
+
+def active_connections() -> int:
+    """Open connections over all live workers (the summed ``smtpfront_connections_active``)."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    total = 0.0
+    for family in registry.collect():
+        if family.name == "smtpfront_connections_active":
+            total += sum(sample.value for sample in family.samples)
+    return int(total)
+
+
+class _AgentHandler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        server = self.server
+        assert isinstance(server, _AgentServer)
+        try:
+            answer = server.status()
+        except Exception:  # a status that cannot be computed must not look healthy
+            log.exception("agent-check status failed")
+            answer = "down"
+        self.request.settimeout(REQUEST_TIMEOUT)
+        with contextlib.suppress(OSError):
+            self.request.sendall(answer.encode("ascii") + b"\n")
+
+
+class _AgentServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], status: Callable[[], str]) -> None:
+        self.status = status
+        super().__init__(address, _AgentHandler)
+
+
+class _AgentServer6(_AgentServer):
+    address_family = socket.AF_INET6
+
+
+class AgentCheckServer:
+    """HAProxy ``agent-check`` responder: one status line per connection (``up ready 75%``,
+    ``drain``, ``down``), computed by ``status`` when HAProxy asks."""
+
+    def __init__(self, host: str, port: int, status: Callable[[], str]) -> None:
+        self._address = (host, port)
+        self._status = status
+        self._server: _AgentServer | None = None
+
+    def start(self) -> None:
+        """Bind and answer from a daemon thread; OSError names the address when it cannot bind."""
+        host, port = self._address
+        kind = _AgentServer6 if ":" in host else _AgentServer
+        try:
+            self._server = kind((host, port), self._status)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot answer agent checks on {host}:{port}: {exc.strerror}") from exc
+        threading.Thread(target=self._server.serve_forever, name="smtpfront-agent-check", daemon=True).start()
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        assert self._server is not None
+        return int(self._server.server_address[1])
+
+    def stop(self) -> None:
+        """Stop answering (safe to call twice)."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
+
+def agent_status(*, ready: bool, draining: bool, active: int, capacity: int) -> str:
+    """The agent-check answer: drain while stopping, down until ready, else a weight from free capacity."""
+    if draining:
+        return "drain"
+    if not ready:
+        return "down"
+    if capacity <= 0:
+        return "up ready 100%"
+    free = max(0, capacity - active)
+    return f"up ready {max(1, free * 100 // capacity)}%"

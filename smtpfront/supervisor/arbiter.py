@@ -274,6 +274,11 @@ class Arbiter:
             worker.context.heartbeat.close()
             self._reaped(worker, status)
 
+    @property
+    def draining(self) -> bool:
+        """A graceful stop has begun (for the agent check; read from a thread)."""
+        return self._stopping
+
     def ready(self) -> bool:
         """Serving and not draining: every live worker listens (for /readyz; read from a thread)."""
         if self._stopping:

@@ -326,3 +326,41 @@ def test_metrics_and_health_endpoints(serve: type[Serve]) -> None:
     assert smtp.data(b"Subject: last\r\n\r\nx\r\n")[0] == 250
     smtp.close()
     assert server.stop() == 0
+
+
+def agent_answer(port: int) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as conn:
+        return conn.recv(64).decode().strip()
+
+
+def test_agent_status_from_capacity() -> None:
+    from smtpfront.metrics import agent_status
+
+    assert agent_status(ready=True, draining=False, active=0, capacity=4) == "up ready 100%"
+    assert agent_status(ready=True, draining=False, active=3, capacity=4) == "up ready 25%"
+    assert agent_status(ready=True, draining=False, active=9, capacity=4) == "up ready 1%"  # never 0: still up
+    assert agent_status(ready=True, draining=False, active=9, capacity=0) == "up ready 100%"  # unlimited
+    assert agent_status(ready=False, draining=False, active=0, capacity=4) == "down"
+    assert agent_status(ready=True, draining=True, active=0, capacity=4) == "drain"
+
+
+def test_haproxy_agent_check_follows_load_and_drain(serve: type[Serve], monkeypatch: pytest.MonkeyPatch) -> None:
+    agent = free_port()
+    monkeypatch.setenv("SMTPFRONT_METRICS__AGENT_CHECK_LISTEN", f"127.0.0.1:{agent}")
+    server = serve("--workers", "1", "--max-clients", "2", "--graceful-timeout", "10")
+    server.wait_workers(1)
+    deadline = time.monotonic() + TIMEOUT
+    while agent_answer(agent) != "up ready 100%" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert agent_answer(agent) == "up ready 100%"
+    smtp = smtplib.SMTP("127.0.0.1", server.port, timeout=TIMEOUT)  # one of the two slots
+    smtp.ehlo()
+    smtp.mail("a@example.org")
+    assert agent_answer(agent) == "up ready 50%"
+    server.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    assert agent_answer(agent) == "drain"  # HAProxy stops sending before the pod goes away
+    smtp.rcpt("b@example.net")
+    assert smtp.data(b"Subject: last\r\n\r\nx\r\n")[0] == 250
+    smtp.close()
+    assert server.stop() == 0
