@@ -529,9 +529,11 @@ class _Single:
         self._stream = sink.stream.encode()
 
     async def start(self) -> None:
-        await self.redis.ping()
-        if self._sink.dedup_window:
-            await self.redis.script_load(_DEDUP_SCRIPT)
+        # As in a cluster: connect the lane and load the dedup script on the connection the
+        # batches will use, once (not on a pool connection, then again on the lane's).
+        failure = await self.lane.warm()
+        if failure is not None:
+            raise failure
 
     def route(self, writer: RedisStreamWriter) -> tuple[_Lane, list[bytes], int | None]:
         sink = self._sink
