@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 from . import metrics
 from ._version import __version__
-from .config import Config, ConfigError, load_config, parse_address, render
+from .config import REDIS_SCHEMES, Config, ConfigError, load_config, parse_address, render
 from .logs import setup_logging
 from .sink.base import SinkError
 from .supervisor.arbiter import Arbiter
@@ -40,9 +40,6 @@ log = logging.getLogger("smtpfront.cli")
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"SMTPFRONT_{name}", default)
-
-
-_REDIS_SCHEMES = ("redis", "rediss", "redis+sentinel", "rediss+sentinel", "redis+cluster", "rediss+cluster")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,7 +209,7 @@ async def consume(args: argparse.Namespace) -> int:
     """Deliver queued messages until SIGTERM/SIGINT, then finish the batch and exit."""
     from .consumer import Consumer, Handler, exec_handler, maildir_handler
 
-    if args.queue.partition("://")[0] not in (*_REDIS_SCHEMES, "unix"):
+    if args.queue.partition("://")[0] not in REDIS_SCHEMES:
         raise SystemExit(f"--queue {args.queue!r}: consume wants redis://HOST:PORT/DB, redis+sentinel://… "
                          "or redis+cluster://…")
     if args.exec is not None and not args.exec:

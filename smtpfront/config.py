@@ -45,14 +45,12 @@ __all__ = [
     "Config", "ListenerConfig", "LimitsConfig", "TimeoutsConfig", "TlsConfig", "AuthConfig", "TrustConfig",
     "FeaturesConfig", "RedisConfig", "MaildirConfig", "MetricsConfig", "LoggingConfig", "SupervisorConfig",
     "ConfigError", "load_config", "render", "parse_address", "env_name", "keys",
-    "ENV_ALIASES", "QUEUE_SCHEMES", "AUTH_METHODS",
+    "ENV_ALIASES", "REDIS_SCHEMES", "QUEUE_SCHEMES", "AUTH_METHODS",
 ]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-QUEUE_SCHEMES = (
-    "redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "redis+sentinel", "rediss+sentinel",
-    "maildir", "null",
-)
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "redis+sentinel", "rediss+sentinel")
+QUEUE_SCHEMES = (*REDIS_SCHEMES, "maildir", "null")
 AUTH_METHODS = ("PLAIN", "LOGIN", "CRAM-MD5", "XOAUTH2", "SCRAM-SHA-256")  # = core.sasl.MECHANISMS
 # The CLI's historical names (SMTPFRONT_QUEUE, _WORKERS, _HOSTNAME, _LISTEN are canonical).
 ENV_ALIASES: Mapping[str, str] = {

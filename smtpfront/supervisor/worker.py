@@ -20,7 +20,7 @@ from ..aio.sessionlog import log_sessions
 from ..aio.settings import ListenerSettings, Timeouts
 from ..aio.tls import TlsConfig as TlsFiles
 from ..aio.tls import server_context
-from ..config import Config, ListenerConfig
+from ..config import REDIS_SCHEMES, Config, ListenerConfig
 from ..core.options import Features, Limits, Policies
 from ..hooks import HookChain, Listeners
 from ..logs import setup_logging
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 def build_sink(config: Config) -> Sink:
     """The sink ``config.queue`` names (redis://, rediss://, maildir:DIR, null:)."""
     scheme, _, rest = config.queue.partition(":")
-    if scheme in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "redis+sentinel", "rediss+sentinel"):
+    if scheme in REDIS_SCHEMES:
         from ..sink.redis_streams import RedisStreamSink
 
         r = config.redis
