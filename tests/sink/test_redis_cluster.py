@@ -21,14 +21,14 @@ from redis.cluster import ClusterNode, RedisCluster
 
 from smtpfront.config import load_config
 from smtpfront.consumer import Consumer, Message
-from smtpfront.core.events import Address, MailParams, RcptParams, Recipient
 from smtpfront.server import SMTPServer
-from smtpfront.sink.base import Envelope, SinkError
+from smtpfront.sink.base import SinkError
 from smtpfront.sink.record import decode_record
 from smtpfront.sink.redis_streams import DEFAULT_SHARDS, QueueURL, RedisStreamSink, parse_queue_url, shard_stream
 from smtpfront.supervisor.worker import build_sink
 
 from ..conftest import RedisClusterNodes, RedisServer, free_port
+from .test_redis_streams import envelope
 
 STREAM = "smtpfront:inbound"
 SHARDS = 6
@@ -54,14 +54,6 @@ def node_of(cluster: RedisClusterNodes, shard: int) -> int:
         return int(client.get_node_from_key(shard_stream(STREAM, shard)).port)
     finally:
         client.close()
-
-
-def envelope(n: int = 0) -> Envelope:
-    return Envelope(
-        id=f"t.{n}", mail_from=Address("a", "example.org"), mail_params=MailParams(),
-        recipients=[Recipient(Address("b", "example.net"), RcptParams())], received_at=time.time(),
-        trace=b"Received: test\r\n",
-    )
 
 
 async def commit(sink: RedisStreamSink, body: bytes, n: int = 0) -> str:

@@ -40,17 +40,7 @@ class Serve:
              "--metrics-listen", f"127.0.0.1:{self.metrics_port}", *args],
             stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"serve exited early:\n{self.log.read_text()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
-                    if conn.recv(64).startswith(b"220"):
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError(f"serve did not start:\n{self.log.read_text()}")
+        self.ready()
 
     def workers(self) -> set[int]:
         out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True, check=False)
@@ -66,9 +56,11 @@ class Serve:
         raise AssertionError(f"expected {count} workers, have {self.workers()}:\n{self.log.read_text()}")
 
     def ready(self) -> None:
-        """Wait until a worker answers with a greeting."""
+        """Wait until a worker answers with a greeting (fails at once if the master exited)."""
         deadline = time.monotonic() + TIMEOUT
         while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"serve exited:\n{self.log.read_text()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
                     if conn.recv(64).startswith(b"220"):
