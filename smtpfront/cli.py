@@ -146,7 +146,9 @@ def serve(args: argparse.Namespace) -> int:
         reload_check=reload_check, on_reaped=reaped,
     )
     host, port = parse_address(config.metrics.listen)
-    health = metrics.HealthServer(host, port, ready=arbiter.ready)
+    health = metrics.HealthServer(
+        host, port, ready=lambda: arbiter.ready() and metrics.queue_reachable(), master_gauges=arbiter.gauges
+    )
     try:
         health.start()
     except OSError as exc:

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["HealthServer", "Metrics", "metrics", "prepare", "worker_gone"]
+__all__ = ["HealthServer", "Metrics", "metrics", "prepare", "queue_reachable", "worker_gone"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,8 @@ class Metrics:
     connections_active: Gauge
     connections_rejected: Counter
     replies: Counter
+    commands: Counter
+    sessions: Counter
     messages: Counter
     received_bytes: Counter
     message_size: Histogram
@@ -82,6 +84,10 @@ class Metrics:
     queue_batch_size: Histogram
     queue_errors: Counter
     queue_up: Gauge
+    queue_backlog: Gauge
+    queue_full: Gauge
+    inflight_bytes: Gauge
+    greeting_seconds: Histogram
     worker_restarts: Counter
 
     def __init__(self) -> None:
@@ -95,7 +101,14 @@ class Metrics:
         self.connections_rejected = Counter(
             p + "connections_rejected", "Connections refused (max_clients, shutting_down).", ["reason"], registry=None
         )
-        self.replies = Counter(p + "replies", "Replies sent, by class (2xx, 3xx, 4xx, 5xx).", ["class"], registry=None)
+        self.replies = Counter(
+            p + "replies", "Replies sent, by the command answered and class (2xx … 5xx).", ["verb", "class"],
+            registry=None,
+        )
+        self.commands = Counter(p + "commands", "Commands received, by verb.", ["verb"], registry=None)
+        self.sessions = Counter(
+            p + "sessions", "Sessions ended, by whether TLS and AUTH were in use.", ["tls", "auth"], registry=None
+        )
         self.messages = Counter(
             p + "messages", "Messages by outcome (accepted, rejected, tempfailed).", ["outcome"], registry=None
         )
@@ -116,6 +129,21 @@ class Metrics:
         # livemin: 0 while any live worker's queue is down; a reaped worker no longer counts.
         self.queue_up = Gauge(
             p + "queue_up", "1 when every worker's queue is reachable.", multiprocess_mode="livemin", registry=None
+        )
+        self.queue_backlog = Gauge(
+            p + "queue_backlog", "Last measured queue backlog (group lag, else stream length).",
+            multiprocess_mode="livemax", registry=None,
+        )
+        self.queue_full = Gauge(
+            p + "queue_full", "1 while the backlog is past the high-water mark (new mail gets 452).",
+            multiprocess_mode="livemax", registry=None,
+        )
+        self.inflight_bytes = Gauge(
+            p + "inflight_bytes", "Message bytes held by workers, not yet confirmed by the queue.",
+            multiprocess_mode="livesum", registry=None,
+        )
+        self.greeting_seconds = Histogram(
+            p + "greeting_seconds", "Connection accepted to greeting sent.", buckets=LATENCY_BUCKETS, registry=None
         )
         self.worker_restarts = Counter(p + "worker_restarts", "Workers respawned by the master.", registry=None)
 
@@ -197,10 +225,12 @@ class _Server6(_Server):
 class HealthServer:
     """``/metrics``, ``/healthz`` and ``/readyz`` over HTTP, served by a daemon thread of the master."""
 
-    def __init__(self, host: str, port: int, ready: Callable[[], bool]) -> None:
+    def __init__(self, host: str, port: int, ready: Callable[[], bool],
+                 master_gauges: Callable[[], dict[str, float]] | None = None) -> None:
         self.host = host
         self._port = port
         self._ready = ready
+        self._master_gauges = master_gauges
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -213,6 +243,8 @@ class HealthServer:
             raise RuntimeError("smtpfront.metrics.prepare() must be called before HealthServer.start()")
         registry = CollectorRegistry(auto_describe=False)
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        if self._master_gauges is not None:
+            registry.register(_MasterCollector(self._master_gauges))
         server_class = _Server6 if ":" in self.host else _Server
         try:
             server = server_class((self.host, self._port), _Handler)
@@ -285,6 +317,7 @@ class Instruments:
         self.batch_size: Any = m.queue_batch_size if m else off
         self.queue_errors: Any = m.queue_errors if m else off
         self.queue_up: Any = m.queue_up if m else off
+        self.queue_up.set(1)  # a gauge file starts at 0; sinks that can be down set 0 when they are
 
 
 _instruments: tuple[int, Instruments] | None = None
@@ -299,18 +332,46 @@ def instruments() -> Instruments:
     return _instruments[1]
 
 
-def active_connections() -> int:
-    """Open connections over all live workers (the summed ``smtpfront_connections_active``)."""
+def _collected(name: str) -> list[float]:
+    """The values of one metric over all live workers, as the master's scrape would sum them."""
     from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    total = 0.0
-    for family in registry.collect():
-        if family.name == "smtpfront_connections_active":
-            total += sum(sample.value for sample in family.samples)
-    return int(total)
+    return [sample.value for family in registry.collect() if family.name == name for sample in family.samples]
+
+
+def active_connections() -> int:
+    """Open connections over all live workers (the summed ``smtpfront_connections_active``)."""
+    return int(sum(_collected("smtpfront_connections_active")))
+
+
+def queue_reachable() -> bool:
+    """False while some live worker's queue is down (``smtpfront_queue_up`` is 0); sinks that
+    report no such gauge (null, memory, Maildir) count as reachable."""
+    return all(value >= 1 for value in _collected("smtpfront_queue_up"))
+
+
+MASTER_GAUGES = {
+    "workers": "Worker processes the master keeps running (configured count).",
+    "workers_ready": "Live workers that listen and beat (not stopping).",
+    "draining": "1 once a graceful stop has begun.",
+}
+
+
+class _MasterCollector:
+    """The master's own gauges (``smtpfront_workers`` …), read from the arbiter at each scrape."""
+
+    def __init__(self, read: Callable[[], dict[str, float]]) -> None:
+        self._read = read
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        values = self._read()
+        for name, doc in MASTER_GAUGES.items():
+            yield GaugeMetricFamily("smtpfront_" + name, doc, value=values[name])
 
 
 class _AgentHandler(socketserver.BaseRequestHandler):

@@ -14,7 +14,7 @@ echo "== installing smtpfront with its test and dev extras"
 
 # System programs the wire tests drive (real clients and servers, never mocks).
 need=()
-for pair in swaks:swaks redis-server:redis-server openssl:openssl; do
+for pair in swaks:swaks redis-server:redis-server openssl:openssl haproxy:haproxy promtool:prometheus; do
     cmd=${pair%%:*}; pkg=${pair##*:}
     command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done

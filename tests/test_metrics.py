@@ -24,7 +24,7 @@ from smtpfront import metrics as m
 
 directory = m.prepare()
 ready = [True]
-server = m.HealthServer("127.0.0.1", 0, lambda: ready[0])
+server = m.HealthServer("127.0.0.1", 0, lambda: ready[0], master_gauges=lambda: {"workers": 2.0, "workers_ready": 1.0, "draining": 0.0})
 server.start()
 m.metrics().worker_restarts.inc()  # the master's own counter
 
@@ -42,7 +42,7 @@ def child(queue_up):
     x.connections_active.inc(3)
     x.queue_up.set(queue_up)
     x.message_size.observe(5000)
-    x.replies.labels("2xx").inc()
+    x.replies.labels("DATA", "2xx").inc()
     os._exit(0)
 
 out = {}
@@ -109,7 +109,10 @@ def test_counters_are_summed_across_workers(scenario: dict[str, Any]) -> None:
     got = samples(text)
     assert got[("smtpfront_messages_total", (("outcome", "accepted"),))] == 2.0
     assert got[("smtpfront_connections_total", ())] == 2.0
-    assert got[("smtpfront_replies_total", (("class", "2xx"),))] == 2.0
+    assert got[("smtpfront_replies_total", (("class", "2xx"), ("verb", "DATA")))] == 2.0
+    assert got[("smtpfront_workers", ())] == 2.0  # the master's gauges, read at scrape time
+    assert got[("smtpfront_workers_ready", ())] == 1.0
+    assert got[("smtpfront_draining", ())] == 0.0
     assert got[("smtpfront_worker_restarts_total", ())] == 1.0
     assert got[("smtpfront_message_size_bytes_bucket", (("le", "1024.0"),))] == 0.0
     assert got[("smtpfront_message_size_bytes_bucket", (("le", "16384.0"),))] == 2.0

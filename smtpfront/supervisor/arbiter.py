@@ -286,6 +286,12 @@ class Arbiter:
         live = [w for w in list(self._children.values()) if not w.stopping]
         return bool(live) and all(w.ready for w in live)
 
+    def gauges(self) -> dict[str, float]:
+        """The master's gauges for ``/metrics`` (read from a thread)."""
+        live = [w for w in list(self._children.values()) if not w.stopping]
+        return {"workers": float(self.workers), "workers_ready": float(sum(w.ready for w in live)),
+                "draining": float(self._stopping)}
+
     def _reaped(self, worker: _Worker, status: int) -> None:
         if self.on_reaped is not None:
             self.on_reaped(worker.pid, not (worker.stopping or self._stopping))
