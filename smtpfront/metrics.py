@@ -318,6 +318,10 @@ class Instruments:
         self.queue_errors: Any = m.queue_errors if m else off
         self.queue_up: Any = m.queue_up if m else off
         self.queue_up.set(1)  # a gauge file starts at 0; sinks that can be down set 0 when they are
+        self.queue_backlog: Any = m.queue_backlog if m else off
+        self.queue_full: Any = m.queue_full if m else off
+        self.inflight_bytes: Any = m.inflight_bytes if m else off
+        self.greeting: Any = m.greeting_seconds if m else off
 
 
 _instruments: tuple[int, Instruments] | None = None
