@@ -296,6 +296,9 @@ class _Off:
     def observe(self, value: float) -> None:
         return None
 
+    def labels(self, *values: str) -> _Off:
+        return self
+
 
 class Instruments:
     """The metric children the hot path uses, bound once (label lookups are not free)."""
@@ -322,6 +325,10 @@ class Instruments:
         self.queue_full: Any = m.queue_full if m else off
         self.inflight_bytes: Any = m.inflight_bytes if m else off
         self.greeting: Any = m.greeting_seconds if m else off
+        self.enabled = m is not None
+        self.replies: Any = m.replies if m else off  # families: children are bound by aio/tally.py
+        self.commands: Any = m.commands if m else off
+        self.sessions: Any = m.sessions if m else off
 
 
 _instruments: tuple[int, Instruments] | None = None

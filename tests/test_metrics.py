@@ -24,7 +24,8 @@ from smtpfront import metrics as m
 
 directory = m.prepare()
 ready = [True]
-server = m.HealthServer("127.0.0.1", 0, lambda: ready[0], master_gauges=lambda: {"workers": 2.0, "workers_ready": 1.0, "draining": 0.0})
+gauges = {"workers": 2.0, "workers_ready": 1.0, "draining": 0.0}
+server = m.HealthServer("127.0.0.1", 0, lambda: ready[0], master_gauges=lambda: gauges)
 server.start()
 m.metrics().worker_restarts.inc()  # the master's own counter
 

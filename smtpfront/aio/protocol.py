@@ -63,7 +63,9 @@ from ..hooks import CommandContext, HookChain, Listeners, Reject, Session
 from ..metrics import instruments
 from ..sink.base import Envelope, MessageWriter, Sink, SinkError
 from .body import BodyStream
+from .sessionlog import debug_command, debug_enabled, debug_replies
 from .settings import ListenerSettings, in_networks
+from .tally import Tally
 from .timeouts import Deadline
 from .tls import tls_facts
 
@@ -96,6 +98,7 @@ class ServerState:
         self.listeners = listeners
         self.trace = trace  # builds the Received: header for an envelope
         self.instruments = instruments()  # after the fork: each worker writes its own metric files
+        self.tally = Tally(self.instruments)
         self.connections: set[SMTPProtocol] = set()
         self.closing = False
         self.messages_accepted = 0
@@ -152,6 +155,9 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             return
         state.connections.add(self)
         m.active.inc()
+        state.tally.watch(state.connections)
+        self._accepted = self.loop.time()
+        self._debug = debug_enabled()
         expect_proxy = in_networks(self.session.client_address, settings.proxy_networks)
         # With implicit TLS the handshake comes before any SMTP octet: the session is
         # encrypted from its first command (AUTH offered, require_tls satisfied).
@@ -191,6 +197,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         return room
 
     _overrun = False
+    _debug = False
 
     def buffer_updated(self, nbytes: int) -> None:
         if self._pre_tls is not None:
@@ -220,6 +227,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             return  # refused at connect (max_clients, shutting down): no session began
         self.state.connections.discard(self)
         self.state.instruments.active.dec()
+        self.state.tally.session_ended(self.conn, self.session.tls is not None, self.session.user is not None)
         self.deadline.cancel()
         if self._task is not None and not self._task.done():
             self._task.cancel()
@@ -248,6 +256,8 @@ class SMTPProtocol(asyncio.BufferedProtocol):
                 if event is NEED_DATA or event is PAUSED:
                     break
                 handled = True
+                if self._debug:
+                    debug_command(self.session, cast(Event, event))
                 pending = self._HANDLERS[type(event)](self, event)
                 if pending is not None:
                     # The task's own pump writes the replies queued so far together with
@@ -313,6 +323,8 @@ class SMTPProtocol(asyncio.BufferedProtocol):
 
     def _flush(self) -> None:
         data = self.conn.data_to_send()
+        if data and self._debug:
+            debug_replies(self.session, data)
         if data and self.transport is not None and not self._closed:
             self.transport.write(data)
 
@@ -363,6 +375,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             await asyncio.sleep(settings.greeting_delay)
         reply = await self._decide("CONNECT", None, self._connect_hook)
         self.conn.send(reply)
+        self.state.instruments.greeting.observe(self.loop.time() - self._accepted)
         if reply.code != 220:
             self._emit("reject", self.session, reply)
         self._touch()

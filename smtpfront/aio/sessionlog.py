@@ -2,7 +2,9 @@
 
 At INFO, one line per session event: ``connect``, ``secure`` (TLS established), ``helo``,
 ``auth`` (successful), ``queued`` (each accepted message), ``reject`` (each refusal) and
-``session`` (the summary when it ends). Peer-chosen text is sanitised by the formatter
+``session`` (the summary when it ends). At DEBUG also one ``command`` line per command the
+core parsed and one ``reply`` line per reply written (`debug_command`, `debug_replies`;
+the protocol calls them only when DEBUG is on). Peer-chosen text is sanitised by the formatter
 (:func:`smtpfront.logs.sanitize`); credentials never reach a listener.
 """
 
@@ -10,12 +12,13 @@ from __future__ import annotations
 
 import logging
 
+from ..core.events import BdatChunk, BodyChunk, BodyEnd, Event, Helo, MailFrom, RcptTo, Rejected
 from ..core.replies import Reply
 from ..hooks import Listeners, Session
 from ..logs import SessionLogger, sanitize
 from ..sink.base import Envelope
 
-__all__ = ["log_sessions"]
+__all__ = ["debug_command", "debug_replies", "debug_enabled", "log_sessions"]
 
 _log = logging.getLogger("smtpfront.session")
 
@@ -60,6 +63,35 @@ def _on_close(session: Session) -> None:
         "session", helo=sanitize(session.helo or ""), tls=(session.tls or {}).get("version"), user=session.user,
         transactions=session.transactions, proxied=session.proxy is not None,
     )
+
+
+def debug_enabled() -> bool:
+    """Whether per-command lines are wanted (checked once per connection)."""
+    return _log.isEnabledFor(logging.DEBUG)
+
+
+def debug_command(session: Session, event: Event) -> None:
+    """One DEBUG line for a parsed command (body chunks are not commands: not logged)."""
+    if isinstance(event, BodyChunk):
+        return
+    fields: dict[str, object] = {"event": type(event).__name__}
+    if isinstance(event, (MailFrom, RcptTo)):
+        fields["address"] = sanitize(str(event.address))
+    elif isinstance(event, Helo):
+        fields["helo"] = sanitize(event.hostname)
+    elif isinstance(event, (BdatChunk, BodyEnd)):
+        fields["size"] = event.size
+    elif isinstance(event, Rejected):
+        fields.update(verb=event.verb, code=event.reply.code)
+    _logger(session).debug_event("command", **fields)
+
+
+def debug_replies(session: Session, data: bytes) -> None:
+    """One DEBUG line per reply line in ``data`` (what one write carried)."""
+    log = _logger(session)
+    for line in data.split(b"\r\n")[:-1]:
+        if line[3:4] != b"-":  # the last line of each reply
+            log.debug_event("reply", line=sanitize(line))
 
 
 def log_sessions(listeners: Listeners) -> None:

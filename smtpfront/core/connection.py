@@ -150,6 +150,10 @@ class ServerConnection:
         self.auth_failures = 0
         self._sasl_nonce = sasl_nonce
         self._out: list[bytes] = []
+        # Tallies for the adapter's metrics, taken with take_counts(): commands by verb,
+        # replies by (verb answered, code // 100). A dict update costs less than a metric.
+        self.command_counts: dict[str, int] = {}
+        self.reply_counts: dict[tuple[str, int], int] = {}
         self._events: deque[Event] = deque()
         self._awaiting: Command | None = None
         self._pending: object = None  # what a positive reply to the awaited command applies
@@ -267,7 +271,7 @@ class ServerConnection:
     def _refuse(self, verb: str, exc: LocalProtocolError) -> Rejected:
         """Queue the reply for a client mistake; end the session if it is fatal."""
         reply = exc.reply
-        self._out.append(reply.encode(self._enhanced))
+        self._queue(verb or "UNKNOWN", reply)
         if exc.fatal or reply.code == 421:
             self._close()
             self.state = _ERROR
@@ -281,7 +285,7 @@ class ServerConnection:
         self.error_count += 1
         if self.error_count < self.limits.max_errors:
             return False
-        self._out.append(R.TOO_MANY_ERRORS.encode(self._enhanced))
+        self._queue(self._verb or "UNKNOWN", R.TOO_MANY_ERRORS)
         self._close()
         return True
 
@@ -326,9 +330,12 @@ class ServerConnection:
             raise LocalProtocolError(R.BARE_LINE_ENDING)
         sp = raw.find(b" ")
         command = COMMANDS.get((raw[:-2] if sp < 0 else raw[:sp]).upper())
+        counts = self.command_counts
         if command is None:
+            counts["UNKNOWN"] = counts.get("UNKNOWN", 0) + 1
             raise LocalProtocolError(R.UNRECOGNIZED)
         self._verb = verb = command.verb
+        counts[verb] = counts.get(verb, 0) + 1
         if self._disabled and verb in self._disabled:
             raise LocalProtocolError(R.NOT_IMPLEMENTED)
         if n > self._line_limits[verb]:
@@ -586,8 +593,11 @@ class ServerConnection:
 
     def send(self, reply: Reply) -> None:
         """Answer the event that is waiting (or greet, or send an unsolicited 421)."""
-        self._out.append(reply.encode(self._enhanced))
         command = self._awaiting
+        if command is not None:
+            self._queue(self._verb if command is not _SECRET else "AUTH", reply)
+        else:
+            self._queue("CONNECT" if self.state is _CONNECTED else "NONE", reply)
         if reply.code == 421:
             self._close()
             return
@@ -610,7 +620,7 @@ class ServerConnection:
         elif command.verb == "AUTH":
             self.auth_failures += 1
             if self.auth_failures >= self.limits.max_auth_failures:
-                self._out.append(R.TOO_MANY_AUTH_FAILURES.encode(self._enhanced))
+                self._queue("AUTH", R.TOO_MANY_AUTH_FAILURES)
                 self._close()
         elif reply.code >= 500:
             self._count_error()
@@ -676,6 +686,19 @@ class ServerConnection:
         self._body_error = None
         if self.state in TRANSACTION:
             self.state = _IDLE
+
+    def _queue(self, verb: str, reply: Reply) -> None:
+        """Queue a reply for the wire and count it under the verb it answers."""
+        self._out.append(reply.encode(self._enhanced))
+        key = (verb, reply.code // 100)
+        tally = self.reply_counts
+        tally[key] = tally.get(key, 0) + 1
+
+    def take_counts(self) -> tuple[dict[str, int], dict[tuple[str, int], int]]:
+        """The command and reply tallies since the last call; the connection starts new ones."""
+        taken = self.command_counts, self.reply_counts
+        self.command_counts, self.reply_counts = {}, {}
+        return taken
 
     def data_to_send(self) -> bytes:
         """Everything queued for the wire since the last call, as one write."""

@@ -59,3 +59,38 @@ def test_session_events_are_logged_as_json_without_credentials() -> None:
     assert queued["mail_from"] == "alice@example.org" and queued["recipients"] == 1 and queued["size"] > 0
     plain_blob = base64.b64encode(b"\0alice\0" + SECRET.encode()).decode()  # what AUTH PLAIN sent
     assert SECRET not in text and plain_blob not in text
+
+
+def test_debug_logs_one_line_per_command_and_reply() -> None:
+    stream = io.StringIO()
+    logger = logging.getLogger("smtpfront")
+    saved = (logger.propagate, logger.level, list(logger.handlers))
+    setup_logging("DEBUG", json=True, stream=stream)
+    try:
+        def client(port: int) -> None:
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+                smtp.ehlo("client.example")
+                smtp.login("alice", SECRET)
+                smtp.sendmail("alice@example.org", ["bob@example.net"], b"Subject: log\r\n\r\nx\r\n")
+
+        async def main() -> None:
+            async with SMTPServer(Users(), port=0, sink=MemorySink(), tls=False, auth_methods=["PLAIN"],
+                                  allow_insecure_auth=True, auth_failure_delay=0) as server:
+                await asyncio.get_running_loop().run_in_executor(None, client, server.port)
+                await asyncio.sleep(0.1)
+
+        asyncio.run(main())
+    finally:
+        logger.propagate, logger.level, logger.handlers[:] = saved[0], saved[1], saved[2]
+    text = stream.getvalue()
+    records = [orjson.loads(line) for line in text.splitlines() if line.strip()]
+    commands = [r for r in records if r.get("msg") == "command"]
+    replies = [r["line"] for r in records if r.get("msg") == "reply"]
+    assert [r["event"] for r in commands] == [
+        "Helo", "AuthCredentials", "MailFrom", "RcptTo", "Data", "BodyEnd", "Quit"]
+    assert commands[2]["address"] == "alice@example.org" and commands[3]["address"] == "bob@example.net"
+    assert all(r["level"] == "DEBUG" and r["session"] == commands[0]["session"] for r in commands)
+    codes = [line[:3] for line in replies]
+    assert codes == ["220", "250", "235", "250", "250", "354", "250", "221"]
+    plain_blob = base64.b64encode(b"\0alice\0" + SECRET.encode()).decode()
+    assert SECRET not in text and plain_blob not in text

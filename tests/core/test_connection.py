@@ -229,3 +229,23 @@ def test_buffer_writable_is_empty_only_when_full() -> None:
     assert len(buf.writable()) == 0
     buf.consume(10)
     assert len(buf.writable()) == 10
+
+
+# -- tallies for the adapter's metrics ------------------------------------------------------
+
+
+def test_commands_and_replies_are_tallied_by_verb() -> None:
+    from .driver import make_connection
+
+    conn = make_connection({})
+    app = ScriptedApp(conn)
+    app.greet()
+    conn.receive_data(b"EHLO c.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n")
+    app.pump()
+    conn.receive_data(b"hi\r\n.\r\nBOGUS\r\nRCPT TO:<c@example.net>\r\nNOOP\r\n")
+    app.pump()
+    commands, replies = conn.take_counts()
+    assert commands == {"EHLO": 1, "MAIL": 1, "RCPT": 2, "DATA": 1, "UNKNOWN": 1, "NOOP": 1}
+    assert replies == {("CONNECT", 2): 1, ("EHLO", 2): 1, ("MAIL", 2): 1, ("RCPT", 2): 1, ("DATA", 3): 1,
+                       ("DATA", 2): 1, ("UNKNOWN", 5): 1, ("RCPT", 5): 1, ("NOOP", 2): 1}
+    assert conn.take_counts() == ({}, {})  # taken: the next call starts from zero

@@ -300,13 +300,30 @@ def test_metrics_and_health_endpoints(serve: type[Serve]) -> None:
     assert http_get(server.metrics_port, "/healthz") == (200, "ok\n")
     assert http_get(server.metrics_port, "/readyz") == (200, "ready\n")
     server.send(3)
-    status, text = http_get(server.metrics_port, "/metrics")
-    assert status == 200
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for family in text_string_to_metric_families(text) for s in family.samples}
+
+    def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        status, text = http_get(server.metrics_port, "/metrics")
+        assert status == 200
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    samples = scrape()
+    deadline = time.monotonic() + TIMEOUT
+    while samples.get(("smtpfront_sessions_total", (("auth", "no"), ("tls", "no"))), 0) < 3:
+        assert time.monotonic() < deadline, {k: v for k, v in samples.items() if "sessions" in k[0]}  # a session is counted when its connection is gone
+        time.sleep(0.05)
+        samples = scrape()
     assert samples[("smtpfront_messages_total", (("outcome", "accepted"),))] == 3  # summed over both workers
     assert samples[("smtpfront_connections_total", ())] >= 3
     assert samples[("smtpfront_message_size_bytes_count", ())] == 3
+    assert samples[("smtpfront_commands_total", (("verb", "MAIL"),))] == 3
+    assert samples[("smtpfront_replies_total", (("class", "2xx"), ("verb", "CONNECT")))] >= 3  # + ready() probes
+    assert samples[("smtpfront_replies_total", (("class", "3xx"), ("verb", "DATA")))] == 3
+    assert samples[("smtpfront_replies_total", (("class", "2xx"), ("verb", "DATA")))] == 3
+    assert samples[("smtpfront_greeting_seconds_count", ())] >= 3
+    assert samples[("smtpfront_workers", ())] == samples[("smtpfront_workers_ready", ())] == 2
+    assert samples[("smtpfront_draining", ())] == 0
+    assert samples[("smtpfront_queue_up", ())] == 1  # the Maildir queue is always reachable
     # Draining: a transaction is open, SIGTERM arrives, /readyz says not ready while it finishes.
     smtp = smtplib.SMTP("127.0.0.1", server.port, timeout=TIMEOUT)
     smtp.ehlo()
@@ -314,6 +331,7 @@ def test_metrics_and_health_endpoints(serve: type[Serve]) -> None:
     server.proc.send_signal(signal.SIGTERM)
     time.sleep(0.3)
     assert http_get(server.metrics_port, "/readyz")[0] == 503
+    assert scrape()[("smtpfront_draining", ())] == 1
     smtp.rcpt("b@example.net")
     assert smtp.data(b"Subject: last\r\n\r\nx\r\n")[0] == 250
     smtp.close()
