@@ -310,7 +310,8 @@ def test_metrics_and_health_endpoints(serve: type[Serve]) -> None:
     samples = scrape()
     deadline = time.monotonic() + TIMEOUT
     while samples.get(("smtpfront_sessions_total", (("auth", "no"), ("tls", "no"))), 0) < 3:
-        assert time.monotonic() < deadline, {k: v for k, v in samples.items() if "sessions" in k[0]}  # a session is counted when its connection is gone
+        # A session is counted when its connection is gone.
+        assert time.monotonic() < deadline, {k: v for k, v in samples.items() if "sessions" in k[0]}
         time.sleep(0.05)
         samples = scrape()
     assert samples[("smtpfront_messages_total", (("outcome", "accepted"),))] == 3  # summed over both workers
