@@ -594,12 +594,20 @@ class ServerConnection:
     def send(self, reply: Reply) -> None:
         """Answer the event that is waiting (or greet, or send an unsolicited 421)."""
         command = self._awaiting
+        code = reply.code
+        # _queue, inlined: this is the hot path of every reply.
+        self._out.append(reply._wire if self._enhanced else reply._wire_plain)
         if command is not None:
-            self._queue(self._verb if command is not _SECRET else "AUTH", reply)
+            key = (self._verb if command is not _SECRET else "AUTH", code // 100)
         else:
-            self._queue("CONNECT" if self.state is _CONNECTED else "NONE", reply)
-        if reply.code == 421:
+            key = ("CONNECT" if self.state is _CONNECTED else "NONE", code // 100)
+        tally = self.reply_counts
+        tally[key] = tally.get(key, 0) + 1
+        if code == 421:
             self._close()
+            return
+        if command is _BODY:
+            self._body_replied(code)
             return
         if command is None:
             if self.state is _CONNECTED:
@@ -611,11 +619,8 @@ class ServerConnection:
             raise RuntimeError(f"no event is waiting for a reply (state {self.state.name})")
         if command is _SECRET:
             raise RuntimeError("SCRAM is waiting for supply_scram_secret(), not a reply")
-        if command is _BODY:
-            self._body_replied(reply)
-            return
         self._awaiting = None
-        if reply.is_positive:
+        if code < 400:
             self._apply(command)
         elif command.verb == "AUTH":
             self.auth_failures += 1
@@ -663,16 +668,16 @@ class ServerConnection:
         if command.then is not None:
             self.state = command.then
 
-    def _body_replied(self, reply: Reply) -> None:
+    def _body_replied(self, code: int) -> None:
         self._replies_due -= 1
         if self._replies_due > 0:
             return
         self._awaiting = None
         self._streamer = None
-        if reply.is_positive and not self._chunk_last:
+        if code < 400 and not self._chunk_last:
             self.state = AFTER_CHUNK
             return
-        if reply.is_positive:
+        if code < 400:
             self.error_count = 0  # Postfix: the error budget is per message attempt
         self._reset_transaction()
         self.state = AFTER_MESSAGE
