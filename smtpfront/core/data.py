@@ -15,13 +15,15 @@ consumed region at once, in C, and only when a policy asks for them.
 
 from __future__ import annotations
 
+import importlib
 import re
+from collections.abc import Callable
 from typing import Literal
 
 from .options import LineEndingPolicy
 from .replies import BARE_LINE_ENDING_IN_DATA, MESSAGE_TOO_BIG, TEXT_LINE_TOO_LONG, Reply
 
-__all__ = ["DataStreamer"]
+__all__ = ["ACCELERATED", "DataStreamer"]
 
 # A line that begins with "." (a stuffed line), or the terminator. Its literal prefix
 # CRLF "." lets sre scan in a tight C loop.
@@ -31,16 +33,27 @@ _BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 _CR, _LF, _DOT = 0x0D, 0x0A, 0x2E
 
 
-def _has_bare_ending(t: bytes) -> bool:
-    """True when ``t`` holds a CR or LF that is not part of a CRLF pair.
+def _has_bare_ending_py(region: bytes | bytearray | memoryview) -> bool:
+    """True when ``region`` holds a CR or LF that is not part of a CRLF pair.
 
     ``bytes.splitlines`` breaks at CR, LF and CRLF alike; re-joining the lines with CRLF
     gives ``t`` back (less a final CRLF) only when every break was a CRLF. Two C passes,
-    no per-line Python work (three ``count`` calls cost twice as much).
+    no per-line Python work (three ``count`` calls cost twice as much). The compiled
+    ``_scan.has_bare_ending`` gives the same answer about five times faster, without a copy.
     """
+    t = region if isinstance(region, bytes) else bytes(region)
     j = b"\r\n".join(t.splitlines())
     # splitlines drops one final break; only a CRLF (or none) accounts for 2 (or 0) octets.
     return len(t) - len(j) not in (0, 2) or not t.startswith(j)
+
+
+_has_bare_ending: Callable[[bytes | bytearray | memoryview], bool]
+try:  # by name: import-linter cannot see a compiled module, and would map it to the package
+    _has_bare_ending = importlib.import_module("smtpfront.core._scan").has_bare_ending
+except ImportError:  # built without a C compiler: the same check in Python (ACCELERATED says which)
+    _has_bare_ending = _has_bare_ending_py
+
+ACCELERATED = _has_bare_ending is not _has_bare_ending_py
 
 
 class DataStreamer:
@@ -164,7 +177,7 @@ class DataStreamer:
         error = self.error
         if error is None:
             if self._inspect:
-                error = self._inspect_region(data[:consumed].tobytes(), out, lead)
+                error = self._inspect_region(data[:consumed], out, lead)
                 if self._policy == "normalize":
                     self.size += sum(map(len, out)) - (body_end - dots)
             if error is None and self.size > self._max_size:
@@ -175,7 +188,7 @@ class DataStreamer:
             self._done = True
         return ([] if error is not None else out), consumed, finished
 
-    def _inspect_region(self, t: bytes, out: list[memoryview], lead: int) -> Reply | None:
+    def _inspect_region(self, t: memoryview, out: list[memoryview], lead: int) -> Reply | None:
         """Bare-line-ending and long-line checks over ``t``, the octets just consumed.
 
         ``t`` can be judged on its own: it never ends with the CR of a pair split across
@@ -190,7 +203,7 @@ class DataStreamer:
             # The rare slow path: rewrite each bare CR or LF as CRLF. Slices never end
             # inside a CRLF pair (a trailing CR is held back), so each is done alone.
             out[:] = [memoryview(_BARE.sub(b"\r\n", piece)) for piece in out]
-        if self._check_long and self._long_line(t, lead):
+        if self._check_long and self._long_line(t.tobytes(), lead):
             return TEXT_LINE_TOO_LONG
         return None
 

@@ -393,3 +393,27 @@ def _measure() -> None:
 
 if __name__ == "__main__":
     _measure()
+
+
+# -- the compiled bare-ending scan agrees with the Python one ---------------------------
+
+
+def test_the_compiled_scan_is_built() -> None:
+    # CI builds it (tests/run.sh installs with a C compiler): a missing build must not pass unnoticed.
+    from smtpfront.core import data
+
+    assert data.ACCELERATED, "smtpfront.core._scan was not built: pip install -e . with a C compiler"
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"x", b"abcdefgh", b".", b"\r\r\n"]), max_size=40),
+       st.integers(min_value=0, max_value=9))
+def test_compiled_and_python_scans_agree(pieces: list[bytes], offset: int) -> None:
+    from smtpfront.core.data import _has_bare_ending, _has_bare_ending_py
+
+    text = b"".join(pieces)
+    view = memoryview(bytearray(b"-" * offset + text))[offset:]  # any alignment
+    expected = _BARE.search(text) is not None
+    assert _has_bare_ending_py(text) is expected
+    assert _has_bare_ending(view) is expected
+    assert _has_bare_ending(text) is expected
