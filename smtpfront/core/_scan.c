@@ -1,46 +1,27 @@
-/* smtpfront.core._scan: the bare-line-ending check of the DATA streamer, in C.
+/* smtpfront.core._scan: the two scans of the DATA streamer, in C.
  *
  * has_bare_ending(buffer) -> bool: True when the buffer holds a CR or LF that is not part
- * of a CRLF pair (RFC 5321 section 2.3.8). Same answer as the pure-Python version in
- * data.py; eight octets at a time, so most of a text body is skipped a word per step.
- * Accepts any C-contiguous buffer (bytes, bytearray, memoryview): no copy is made.
+ * of a CRLF pair (RFC 5321 section 2.3.8). find_dot_line(buffer, start) -> int: the next
+ * CR LF ".". The same answers as the pure-Python versions in data.py, a few times faster.
+ * Both take any C-contiguous buffer (bytes, bytearray, memoryview): no copy is made.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <stdint.h>
 #include <string.h>
 
-#define ONES 0x0101010101010101ULL
-#define HIGHS 0x8080808080808080ULL
-
-/* Nonzero when some octet of w equals b (exact as a yes/no answer). */
-static inline uint64_t has_octet(uint64_t w, uint64_t b) {
-    uint64_t x = w ^ (ONES * b);
-    return (x - ONES) & ~x & HIGHS;
-}
-
+/* Line by line with memchr (vectorised in libc): between one LF and the next, the only CR
+ * allowed is the one right before the LF. */
 static int bare_in(const unsigned char *p, Py_ssize_t n) {
-    Py_ssize_t i = 0;
-    while (i < n) {
-        if (i + 8 <= n) {
-            uint64_t w;
-            memcpy(&w, p + i, 8);
-            if (!(has_octet(w, '\r') | has_octet(w, '\n'))) {
-                i += 8;
-                continue;
-            }
-        }
-        Py_ssize_t stop = i + 8 < n ? i + 8 : n;
-        for (; i < stop; i++) {
-            unsigned char c = p[i];
-            if (c == '\r') {
-                if (i + 1 >= n || p[i + 1] != '\n')
-                    return 1;
-                i++; /* the LF of this pair */
-            } else if (c == '\n') {
-                return 1; /* not preceded by the CR of a pair */
-            }
-        }
+    const unsigned char *s = p, *end = p + n;
+    while (s < end) {
+        const unsigned char *lf = memchr(s, '\n', (size_t)(end - s));
+        const unsigned char *stop = lf ? lf : end;
+        const unsigned char *cr = memchr(s, '\r', (size_t)(stop - s));
+        if (lf == NULL)
+            return cr != NULL; /* a CR with no LF after it */
+        if (cr == NULL || cr != lf - 1)
+            return 1; /* an LF without its CR, or a CR inside the line */
+        s = lf + 1;
     }
     return 0;
 }
@@ -54,7 +35,41 @@ static PyObject *has_bare_ending(PyObject *module, PyObject *arg) {
     return PyBool_FromLong(bare);
 }
 
+/* find_dot_line(buffer, start) -> int: where the first CR LF "." at or after start begins,
+ * or -1 (the DATA streamer's search for stuffed lines and the terminator). */
+static PyObject *find_dot_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "find_dot_line(buffer, start)");
+        return NULL;
+    }
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]);
+    if (start == -1 && PyErr_Occurred())
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    const unsigned char *p = view.buf, *end = p + view.len;
+    Py_ssize_t found = -1;
+    if (start < 0)
+        start = 0;
+    if (start + 1 < view.len) {
+        const unsigned char *s = p + start + 1; /* the LF of a match at start or later */
+        const unsigned char *lf;
+        while (s < end - 1 && (lf = memchr(s, '\n', (size_t)(end - 1 - s))) != NULL) {
+            if (lf[-1] == '\r' && lf[1] == '.') {
+                found = lf - 1 - p;
+                break;
+            }
+            s = lf + 1;
+        }
+    }
+    PyBuffer_Release(&view);
+    return PyLong_FromSsize_t(found);
+}
+
 static PyMethodDef methods[] = {
+    {"find_dot_line", (PyCFunction)(void (*)(void))find_dot_line, METH_FASTCALL,
+     "Index of the first CR LF '.' at or after start, or -1."},
     {"has_bare_ending", has_bare_ending, METH_O,
      "True when the buffer holds a CR or LF that is not part of a CRLF pair."},
     {NULL, NULL, 0, NULL},

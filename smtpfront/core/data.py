@@ -25,9 +25,6 @@ from .replies import BARE_LINE_ENDING_IN_DATA, MESSAGE_TOO_BIG, TEXT_LINE_TOO_LO
 
 __all__ = ["ACCELERATED", "DataStreamer"]
 
-# A line that begins with "." (a stuffed line), or the terminator. Its literal prefix
-# CRLF "." lets sre scan in a tight C loop.
-_DOT_LINE = re.compile(rb"\r\n\.(?:\r\n)?")
 # A CR not followed by LF, or an LF not preceded by CR (RFC 5321 §2.3.8).
 _BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 _CR, _LF, _DOT = 0x0D, 0x0A, 0x2E
@@ -47,11 +44,22 @@ def _has_bare_ending_py(region: bytes | bytearray | memoryview) -> bool:
     return len(t) - len(j) not in (0, 2) or not t.startswith(j)
 
 
+_DOT_LINE_START = re.compile(rb"\r\n\.")
+
+
+def _find_dot_line_py(data: bytes | bytearray | memoryview, start: int) -> int:
+    """Where the first CRLF "." at or after ``start`` begins, or -1."""
+    m = _DOT_LINE_START.search(data, start)
+    return -1 if m is None else m.start()
+
+
 _has_bare_ending: Callable[[bytes | bytearray | memoryview], bool]
+_find_dot_line: Callable[[bytes | bytearray | memoryview, int], int]
 try:  # by name: import-linter cannot see a compiled module, and would map it to the package
-    _has_bare_ending = importlib.import_module("smtpfront.core._scan").has_bare_ending
-except ImportError:  # built without a C compiler: the same check in Python (ACCELERATED says which)
-    _has_bare_ending = _has_bare_ending_py
+    _scan = importlib.import_module("smtpfront.core._scan")
+    _has_bare_ending, _find_dot_line = _scan.has_bare_ending, _scan.find_dot_line
+except ImportError:  # built without a C compiler: the same scans in Python (ACCELERATED says which)
+    _has_bare_ending, _find_dot_line = _has_bare_ending_py, _find_dot_line_py
 
 ACCELERATED = _has_bare_ending is not _has_bare_ending_py
 
@@ -149,11 +157,11 @@ class DataStreamer:
             dots = 0
         else:
             finished = False
-            search = _DOT_LINE.search
-            m = search(data, start)
-            while m is not None:
-                i, e = m.span()
-                if e - i == 5:
+            find = _find_dot_line
+            i = find(data, start)
+            while i >= 0:
+                e = i + 3  # just after the dot
+                if e + 1 < n and data[e] == _CR and data[e + 1] == _LF:
                     body_end = i + 2  # the CRLF before the dot is the body's last line end
                     finished = True
                     break
@@ -164,7 +172,7 @@ class DataStreamer:
                 out.append(data[start : i + 2])
                 start = e  # drop the stuffing dot
                 dots += 1
-                m = search(data, e)
+                i = find(data, e)
             else:
                 # A trailing CR is held back: it may begin the CRLF of a terminator.
                 body_end = n - 1 if data[n - 1] == _CR else n

@@ -406,10 +406,11 @@ def test_the_compiled_scan_is_built() -> None:
 
 
 @settings(max_examples=2000, deadline=None)
-@given(st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"x", b"abcdefgh", b".", b"\r\r\n"]), max_size=40),
+@given(st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"x", b"abcdefgh", b".", b"\r\r\n", b"\r\n."]),
+                max_size=40),
        st.integers(min_value=0, max_value=9))
 def test_compiled_and_python_scans_agree(pieces: list[bytes], offset: int) -> None:
-    from smtpfront.core.data import _has_bare_ending, _has_bare_ending_py
+    from smtpfront.core.data import _find_dot_line, _find_dot_line_py, _has_bare_ending, _has_bare_ending_py
 
     text = b"".join(pieces)
     view = memoryview(bytearray(b"-" * offset + text))[offset:]  # any alignment
@@ -417,3 +418,7 @@ def test_compiled_and_python_scans_agree(pieces: list[bytes], offset: int) -> No
     assert _has_bare_ending_py(text) is expected
     assert _has_bare_ending(view) is expected
     assert _has_bare_ending(text) is expected
+    for start in range(len(text) + 2):
+        found = text.find(b"\r\n.", start)
+        assert _find_dot_line_py(view, start) == found
+        assert _find_dot_line(view, start) == found
