@@ -190,6 +190,7 @@ class RedisConfig:
     high_water: int | None = _f(None, min=1)
     group: str | None = None
     inflight_budget: int = _f(64 * 1024 * 1024, min=1)
+    large_threshold: int = _f(1024 * 1024, min=0)  # body octets past which it goes to chunk keys; 0 = never
     timeout: float = _f(10.0, gt=0)
     monitor_interval: float = _f(1.0, gt=0)
 

@@ -20,6 +20,15 @@ Redis Cluster (``redis+cluster://…?shards=N``): the front end writes ``N`` sha
 ``XREADGROUP`` may only name keys of one hash slot, so the consumer runs one loop per shard
 stream, each with its own group creation, ``XAUTOCLAIM`` and dead-letter stream
 ``STREAM:{i}:dead`` (same slot); :meth:`Consumer.stop` stops them all.
+
+Large messages (version-2 records, see :mod:`smtpfront.sink.record`) keep their body in
+chunk keys. The consumer reads them for the handler: whole into :attr:`Message.body`, or,
+for a handler marked with :func:`streaming` (the ready-made ones are), chunk by chunk
+through :meth:`Message.chunks`, so memory stays flat. The ``XACK`` of such an entry
+deletes its chunk keys in the same step (one script, the keys share the stream's slot). A
+dead-lettered entry keeps them: the dead letter names them (``body_key``,
+``body_chunks``), and whoever handles it deletes them (``UNLINK <body_key>:0 …``).
+A chunk found missing fails the delivery like a handler error (retried, then dead-lettered).
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,10 +54,13 @@ from redis.retry import Retry
 from .core.events import Address, MailParams
 from .sink.base import Envelope
 from .sink.maildir import MaildirSink
-from .sink.record import RecordError, decode_record
+from .sink.record import BodyRef, RecordError, decode_entry
 from .sink.redis_streams import parse_queue_url, shard_stream
 
-__all__ = ["Consumer", "Handler", "Message", "PermanentError", "exec_handler", "maildir_handler"]
+__all__ = [
+    "BodyMissingError", "Consumer", "Handler", "Message", "PermanentError", "exec_handler", "maildir_handler",
+    "streaming",
+]
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +69,40 @@ _BACKOFF_MAX = 5.0
 _REASON_MAX = 1000  # characters of an exception or stderr kept in a dead letter's reason
 EX_TEMPFAIL = 75  # sysexits.h: "temporary failure, try again later"
 
+# XACK the entries, then drop the chunk keys of the large ones, in one step (same slot).
+# KEYS[1] stream, KEYS[2..] chunk keys; ARGV[1] group, ARGV[2..] entry ids.
+_ACK_SCRIPT = """
+local n = redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
+for i = 2, #KEYS do redis.call('UNLINK', KEYS[i]) end
+return n
+"""
 
-@dataclass(frozen=True, slots=True)
+
+class BodyMissingError(Exception):
+    """A large message's chunk keys are not (all) there: the delivery fails, the entry stays pending."""
+
+
+class _Chunks:
+    """A large body in Redis, read one chunk key per round trip."""
+
+    __slots__ = ("_client", "ref")
+
+    def __init__(self, client: aioredis.Redis | RedisCluster, ref: BodyRef) -> None:
+        self._client = client
+        self.ref = ref
+
+    async def read(self) -> AsyncIterator[bytes]:
+        seen = 0
+        for key in self.ref.chunk_keys():
+            chunk = await self._client.get(key)
+            if not isinstance(chunk, bytes):
+                raise BodyMissingError(f"body chunk {key.decode(errors='replace')} is missing")
+            seen += len(chunk)
+            yield chunk
+        if seen != self.ref.size:
+            raise BodyMissingError(f"body is {seen} octets, the record says {self.ref.size}")
+
+
 class Message:
     """One delivered queue record.
 
@@ -66,19 +110,69 @@ class Message:
         id: the stream entry id.
         stream: the stream it came from.
         envelope: the record's ``envelope`` object (see :mod:`smtpfront.sink.record`).
-        body: the message with the front end's ``Received:`` header first.
+        body: the message with the front end's ``Received:`` header first. For a large
+            message given to a :func:`streaming` handler, reading it raises RuntimeError:
+            such a handler reads :meth:`chunks`.
         deliveries: how many times the entry was delivered, 1 the first time.
+        size: the body's length in octets.
     """
 
-    id: str
-    stream: str
-    envelope: dict[str, Any]
-    body: bytes
-    deliveries: int
+    __slots__ = ("id", "stream", "envelope", "deliveries", "size", "_body", "_chunks")
+
+    def __init__(self, id: str, stream: str, envelope: dict[str, Any], body: bytes, deliveries: int) -> None:
+        self.id = id
+        self.stream = stream
+        self.envelope = envelope
+        self.deliveries = deliveries
+        self.size = len(body)
+        self._body: bytes | None = body
+        self._chunks: _Chunks | None = None
+
+    @classmethod
+    def _streamed(cls, id: str, stream: str, envelope: dict[str, Any], chunks: _Chunks, deliveries: int) -> Message:
+        message = cls(id, stream, envelope, b"", deliveries)
+        message.size, message._body, message._chunks = chunks.ref.size, None, chunks
+        return message
+
+    @property
+    def body(self) -> bytes:
+        if self._body is None:
+            raise RuntimeError(f"message {self.id} is large ({self.size} octets) and its handler streams it: "
+                               "read it with `async for chunk in message.chunks()`")
+        return self._body
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body in pieces (a large one as it is read from Redis; raises BodyMissingError)."""
+        if self._chunks is None:
+            yield self.body
+            return
+        async for chunk in self._chunks.read():
+            yield chunk
+
+    def __repr__(self) -> str:
+        return f"Message(id={self.id!r}, stream={self.stream!r}, size={self.size}, deliveries={self.deliveries})"
 
 
 Handler = Callable[[Message], Awaitable[None]]
 """Returns to acknowledge; raises to leave the entry pending (retried later)."""
+
+
+class _Streaming:
+    """A handler that reads bodies with :meth:`Message.chunks` (see :func:`streaming`)."""
+
+    __slots__ = ("handler",)
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+
+    def __call__(self, message: Message) -> Awaitable[None]:
+        return self.handler(message)
+
+
+def streaming(handler: Handler) -> Handler:
+    """Mark ``handler`` as reading bodies with :meth:`Message.chunks` only: a large body is then
+    not loaded whole before the call (``message.body`` raises for it), so memory stays flat."""
+    return handler if isinstance(handler, _Streaming) else _Streaming(handler)
 
 
 class PermanentError(Exception):
@@ -300,22 +394,31 @@ class Consumer:
     async def _handle(
         self, stream: _Stream, entries: list[tuple[bytes, dict[bytes, bytes], int]], handler: Handler
     ) -> None:
-        """Deliver a batch concurrently, then ``XACK`` the delivered ones in one call."""
+        """Deliver a batch concurrently, then ``XACK`` the delivered ones in one call (which
+        also deletes the chunk keys of the large ones)."""
         results = await asyncio.gather(*(self._deliver(stream, *e, handler) for e in entries), return_exceptions=True)
-        done = [r for r in results if isinstance(r, bytes)]
+        done = [r for r in results if isinstance(r, tuple)]
         if done:
-            await self._client().xack(stream.name, self.group, *done)
+            keys = [key for _, ref in done if ref is not None for key in ref.chunk_keys()]
+            ids = [entry_id for entry_id, _ in done]
+            if keys:
+                await self._client().eval(_ACK_SCRIPT, 1 + len(keys), stream.name, *keys, self.group, *ids)
+            else:
+                await self._client().xack(stream.name, self.group, *ids)
         for result in results:
             if isinstance(result, BaseException):
                 raise result  # a Redis error while dead-lettering: the loop backs off
 
     async def _deliver(
         self, stream: _Stream, entry_id: bytes, fields: dict[bytes, bytes], deliveries: int, handler: Handler
-    ) -> bytes | None:
-        """Return the id to acknowledge, or ``None`` to leave the entry pending."""
+    ) -> tuple[bytes, BodyRef | None] | None:
+        """Return the id to acknowledge (and the large body to delete), or ``None`` to leave
+        the entry pending."""
         ident = entry_id.decode()
         try:
-            envelope, body = decode_record(fields)
+            envelope, body = decode_entry(fields)
+            if isinstance(body, BodyRef) and not body.key.startswith(stream.name.encode() + b":body:"):
+                raise RecordError(f"body key {body.key!r} is not one of {stream.name}'s")
         except RecordError as exc:
             log.error("entry %s on %s is not a record: %s; dead-lettering it", ident, stream.name, exc)
             await self._dead_letter(stream, entry_id, fields, deliveries, str(exc))
@@ -325,18 +428,36 @@ class Consumer:
             await self._dead_letter(stream, entry_id, fields, deliveries, f"delivered {deliveries} times")
             return None
         try:
-            await handler(Message(ident, stream.name, envelope, body, deliveries))
-        except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"[:_REASON_MAX]
-            final = isinstance(exc, PermanentError) or deliveries >= self.max_deliveries
-            log.error(
-                "handler failed for %s (delivery %d of %d)%s", ident, deliveries, self.max_deliveries,
-                "; dead-lettering it" if final else "; it stays pending", exc_info=True,
-            )
-            if final:
-                await self._dead_letter(stream, entry_id, fields, deliveries, reason)
+            if not isinstance(body, BodyRef):
+                message = Message(ident, stream.name, envelope, body, deliveries)
+            elif isinstance(handler, _Streaming):
+                message = Message._streamed(ident, stream.name, envelope, _Chunks(self._client(), body), deliveries)
+            else:  # a Redis error here is the loop's business (back off), not this delivery's
+                whole = [chunk async for chunk in _Chunks(self._client(), body).read()]
+                message = Message(ident, stream.name, envelope, b"".join(whole), deliveries)
+                del whole
+        except BodyMissingError as exc:
+            await self._failed(stream, entry_id, fields, deliveries, exc)
             return None
-        return entry_id
+        try:
+            await handler(message)
+        except Exception as exc:
+            await self._failed(stream, entry_id, fields, deliveries, exc)
+            return None
+        return entry_id, body if isinstance(body, BodyRef) else None
+
+    async def _failed(
+        self, stream: _Stream, entry_id: bytes, fields: dict[bytes, bytes], deliveries: int, exc: Exception
+    ) -> None:
+        """A delivery failed: the entry stays pending, or is dead-lettered when that was the last try."""
+        reason = f"{type(exc).__name__}: {exc}"[:_REASON_MAX]
+        final = isinstance(exc, PermanentError) or deliveries >= self.max_deliveries
+        log.error(
+            "handler failed for %s (delivery %d of %d)%s", entry_id.decode(), deliveries, self.max_deliveries,
+            "; dead-lettering it" if final else "; it stays pending", exc_info=True,
+        )
+        if final:
+            await self._dead_letter(stream, entry_id, fields, deliveries, reason)
 
     async def _dead_letter(
         self, stream: _Stream, entry_id: bytes, fields: dict[bytes, bytes], deliveries: int, reason: str
@@ -364,6 +485,7 @@ def maildir_handler(directory: str, *, fsync: bool = True) -> Handler:
     """
     sink = MaildirSink(directory, fsync=fsync)
 
+    @streaming
     async def deliver(message: Message) -> None:
         env = message.envelope
         params = env.get("mail_params") or {}
@@ -374,7 +496,8 @@ def maildir_handler(directory: str, *, fsync: bool = True) -> Handler:
         )
         writer = sink.open(envelope)
         try:
-            writer.write(memoryview(message.body))
+            async for chunk in message.chunks():
+                writer.write(memoryview(chunk))
             await writer.commit()
         except BaseException:
             await writer.abort()
@@ -383,12 +506,17 @@ def maildir_handler(directory: str, *, fsync: bool = True) -> Handler:
     return deliver
 
 
-async def _feed(stdin: asyncio.StreamWriter, body: bytes) -> None:
+async def _feed(stdin: asyncio.StreamWriter, message: Message) -> None:
     # The command need not read it all: a broken pipe is a ConnectionError under asyncio,
-    # a RuntimeError ("handler is closed") under uvloop; its exit status decides.
-    with contextlib.suppress(ConnectionError, RuntimeError):
-        stdin.write(body)
-        await stdin.drain()
+    # a RuntimeError ("handler is closed") under uvloop; its exit status decides. A body
+    # that cannot be read raises with stdin still open: the command is killed, not fed a
+    # truncated message that it might take for a whole one.
+    async for chunk in message.chunks():
+        try:
+            stdin.write(chunk)
+            await stdin.drain()
+        except (ConnectionError, RuntimeError):
+            break
     stdin.close()
 
 
@@ -415,6 +543,7 @@ def exec_handler(command: Sequence[str], *, timeout: float = 60, tempfail: Colle
     if not argv:
         raise ValueError("exec_handler needs a command")
 
+    @streaming
     async def deliver(message: Message) -> None:
         env = message.envelope
         rcpts = ",".join(str(r.get("address", "")) for r in env.get("rcpt_to") or ())
@@ -429,7 +558,7 @@ def exec_handler(command: Sequence[str], *, timeout: float = 60, tempfail: Colle
         assert proc.stdin is not None and proc.stderr is not None
         try:
             async with asyncio.timeout(timeout):
-                _, stderr, status = await asyncio.gather(_feed(proc.stdin, message.body), _drain(proc.stderr, 500),
+                _, stderr, status = await asyncio.gather(_feed(proc.stdin, message), _drain(proc.stderr, 500),
                                                          proc.wait())
         except BaseException as exc:
             with contextlib.suppress(ProcessLookupError):

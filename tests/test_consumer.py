@@ -164,19 +164,24 @@ def test_permanent_error_dead_letters_at_once(redis_server: RedisServer) -> None
 
 
 def test_malformed_records_dead_lettered_at_once(redis_server: RedisServer) -> None:
-    newer = xadd(redis_server, {**fields(), b"v": b"2"})
+    newer = xadd(redis_server, {**fields(), b"v": b"3"})
     bodyless = xadd(redis_server, {b"v": b"1", b"envelope": b"{}"})
+    unreferenced = xadd(redis_server, {**fields(), b"v": b"2"})  # large, but names no chunk keys
+    foreign = xadd(redis_server, {b"v": b"2", b"envelope": b"{}", b"body_key": b"other:key", b"body_chunks": b"1",
+                                  b"body_size": b"1"})
     got, handler = collector()
 
     async def main() -> None:
-        await running(consumer(redis_server), handler, lambda: until(lambda: len(dead_letters(redis_server)) == 2))
+        await running(consumer(redis_server), handler, lambda: until(lambda: len(dead_letters(redis_server)) == 4))
 
     asyncio.run(main())
     assert got == []
     letters = {f[b"origin_id"].decode(): f for _, f in dead_letters(redis_server)}
     assert b"unknown record format version" in letters[newer][b"reason"]
-    assert letters[newer][b"v"] == b"2" and letters[newer][b"body"] == BODY
-    assert b"malformed" in letters[bodyless][b"reason"]
+    assert letters[newer][b"v"] == b"3" and letters[newer][b"body"] == BODY
+    assert letters[bodyless][b"reason"] == b"malformed record: no body field"
+    assert letters[unreferenced][b"reason"] == b"malformed record: no body_key field"
+    assert b"is not one of smtpfront:inbound's" in letters[foreign][b"reason"]  # never deleted by an ack
     assert pending(redis_server) == 0
 
 

@@ -39,18 +39,31 @@ Where the queue lives (the URL decides, see :func:`parse_queue_url`):
     off; either refreshes the slot map in the background. Other nodes keep taking mail.
     The ``250`` names the entry as ``SHARD/ENTRY-ID`` (entry ids repeat across streams).
 
+Large messages (body octets past ``large_threshold``, 1 MiB by default) are written into
+chunk keys while they arrive and committed as a version-2 entry naming them: see
+:mod:`smtpfront.sink.redis_large`. In a cluster such a message's shard is chosen when its
+upload starts: from its header block and envelope when it can be deduplicated (a retry
+lands on the same shard), else by turns.
+
+While a lane (a server's, or a cluster node's connection) is down, it is probed in the
+background after each backoff (connect and ``PING``); the first answer brings it, and
+``smtpfront_queue_up``, back without waiting for traffic.
+
 Rule: ``redis`` is imported only here and by the consumer (which reuses the URL parsing).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import re
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal, Protocol
 from urllib.parse import parse_qsl, unquote
 
@@ -72,6 +85,7 @@ from redis.exceptions import (
 from ..metrics import instruments
 from .base import Envelope, SinkError
 from .record import envelope_fields
+from .redis_large import UPLOAD_TTL, RefusedError, Upload
 
 __all__ = [
     "DEFAULT_SHARDS", "QueueURL", "RedisStreamSink", "RedisStreamWriter", "parse_queue_url", "shard_stream",
@@ -101,7 +115,7 @@ redis.call('SET', KEYS[1], id, 'EX', ARGV[1])
 return id
 """
 
-_Batch = Sequence[tuple[list[bytes], "asyncio.Future[str]"]]
+_Batch = Sequence[tuple[list[bytes], "asyncio.Future[str]", int]]  # packed command, its reply, octets
 
 
 # -- URLs -------------------------------------------------------------------------------------
@@ -210,6 +224,11 @@ async def _wait(event: asyncio.Event) -> None:
     await event.wait()
 
 
+async def _drop(conn: Connection) -> None:
+    with contextlib.suppress(Exception):
+        await conn.disconnect(nowait=True)
+
+
 def _bulk(arg: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(arg), arg)
 
@@ -228,10 +247,21 @@ _MESSAGE_ID = re.compile(rb"\r\nmessage-id[ \t]*:", re.IGNORECASE)
 _HEADER_LIMIT = 64 * 1024  # a header block longer than this is decided on what was seen
 
 
-class RedisStreamWriter:
-    """Collects one message's body parts until commit."""
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """Where a large message goes: its shard (None: the one stream) and that stream's key names."""
 
-    __slots__ = ("_sink", "_envelope", "_parts", "_size", "_digest", "_head")
+    shard: int | None
+    stream: bytes
+    dedup_prefix: bytes
+    body_prefix: bytes
+
+
+class RedisStreamWriter:
+    """Collects one message's body parts until commit; past the large threshold, uploads them."""
+
+    __slots__ = ("_sink", "_envelope", "_parts", "_size", "_digest", "_head", "_block", "_limit", "_upload",
+                 "_target")
 
     def __init__(self, sink: RedisStreamSink, envelope: Envelope) -> None:
         self._sink = sink
@@ -240,16 +270,36 @@ class RedisStreamWriter:
         self._size = len(envelope.trace)
         self._digest = hashlib.sha256() if sink.dedup_window else None
         self._head: bytes | None = b"" if sink.dedup_window else None  # the header block, until decided
+        self._block = b""  # the header block, once decided (it routes a large message in a cluster)
+        # Octets (trace included) past which the body is uploaded: the threshold counts body octets.
+        self._limit = sink.large_threshold + len(envelope.trace) if sink.large_threshold else 1 << 62
+        self._upload: Upload | None = None
+        self._target: _Target | None = None
 
     def write(self, data: memoryview) -> None:
-        """Keep a copy of the chunk (the view points into the receive buffer)."""
+        """Keep a copy of the chunk (the view points into the receive buffer), or upload it."""
         chunk = bytes(data)
-        self._parts.append(chunk)
         self._size += len(chunk)
         if self._digest is not None:
             self._digest.update(chunk)
             if self._head is not None:
                 self._read_header(chunk)
+        if self._upload is not None:
+            self._upload.add(chunk)
+            return
+        self._parts.append(chunk)
+        if self._size > self._limit and self._head is None:
+            self._start_upload()
+
+    def _start_upload(self) -> None:
+        """The body passed the large threshold: from now on it goes to Redis as it comes."""
+        sink = self._sink
+        self._target = target = sink._topology.target(self)
+        key = target.body_prefix + uuid.uuid4().hex.encode()
+        self._upload = upload = Upload(partial(sink._topology.lane_for, target.shard), key, sink.upload_ttl)
+        parts, self._parts = self._parts, []
+        for part in parts:
+            upload.add(part)
 
     def _read_header(self, chunk: bytes) -> None:
         """Decide whether this message can be deduplicated: only with a Message-ID.
@@ -266,15 +316,23 @@ class RedisStreamWriter:
         block = b"\r\n" + (head if end < 0 else head[: end + 2])
         if _MESSAGE_ID.search(block) is None:
             self._digest = None
+        else:
+            self._block = block
         self._head = None
 
     def pressure(self) -> Awaitable[None] | None:
         """Past the worker's in-flight budget (bytes queued for Redis): wait for it to drain.
 
-        Only committed bytes count: they drain by themselves as batches complete. Bytes of
-        messages still arriving do not (their clients may be the ones waiting here); they
-        are bounded by the message size limit times the connection limit.
+        Only bytes sent to Redis count (committed messages, chunks of large ones): they drain
+        by themselves as batches complete. Bytes of messages still arriving do not (their
+        clients may be the ones waiting here); they are bounded by the large threshold (past
+        it a body goes out as it comes) times the connection limit. A large message also
+        waits while its own chunks in flight fill the window.
         """
+        if self._upload is not None:
+            waiting = self._upload.pressure()  # this message's own chunks in flight
+            if waiting is not None:
+                return waiting
         return self._sink._pressure()
 
     async def commit(self) -> str:
@@ -284,19 +342,27 @@ class RedisStreamWriter:
         """
         if self._head is not None:  # the body ended inside its headers
             self._read_header(b"\r\n\r\n")
-        sink, size = self._sink, self._size
-        lane, packed, shard = sink._topology.route(self)
+        if self._upload is not None:
+            return await self._commit_large(self._upload)
+        lane, packed, shard = self._sink._topology.route(self)
         self._parts = []
-        sink.inflight += size
-        try:
-            entry = await lane.commit(packed)
-        finally:
-            sink._released(size)
+        entry = await lane.commit(packed, self._size)
         return entry if shard is None else f"{shard}/{entry}"
 
+    async def _commit_large(self, upload: Upload) -> str:
+        sink, target = self._sink, self._target
+        assert target is not None
+        dedup = None if self._digest is None else target.dedup_prefix + self._dedup_hash()
+        ref = upload.finish()
+        entry = await upload.commit(target.stream, dedup, sink.dedup_window, sink.maxlen,
+                                    envelope_fields(self._envelope, ref))
+        return entry if target.shard is None else f"{target.shard}/{entry}"
+
     async def abort(self) -> None:
-        """Nothing was sent yet: forget the parts."""
+        """Forget the parts; delete the chunk keys of an upload that was not committed."""
         self._parts = []
+        if self._upload is not None:
+            await self._upload.abort()
 
     def _dedup_hash(self) -> bytes:
         """The idempotency hash: the envelope and the body (our trace, which is unique, excluded).
@@ -341,10 +407,11 @@ class _Lane:
 
     A server (or Sentinel's master) has one lane; a cluster has one per master node.
     ``trouble`` is called after a failure that may mean the cluster's slot map changed.
+    The octets of a queued command count in the sink's in-flight budget until its batch ends.
     """
 
     __slots__ = ("_sink", "_connect", "label", "_trouble", "_conn", "_script_ready", "_pending", "flushing",
-                 "_backoff", "down_until")
+                 "_backoff", "down_until", "_probe", "_closed")
 
     def __init__(self, sink: RedisStreamSink, connect: Callable[[], Connection], label: str,
                  trouble: Callable[[], None] | None = None) -> None:
@@ -354,20 +421,28 @@ class _Lane:
         self._trouble = trouble
         self._conn: Connection | None = None
         self._script_ready = False  # the dedup script is loaded on _conn
-        self._pending: list[tuple[list[bytes], asyncio.Future[str]]] = []
+        self._pending: list[tuple[list[bytes], asyncio.Future[str], int]] = []
         self.flushing = False
         self._backoff = 0.0
         self.down_until = 0.0
+        self._probe: asyncio.Task[None] | None = None
+        self._closed = False
 
-    async def commit(self, packed: list[bytes]) -> str:
+    def enqueue(self, packed: list[bytes], size: int) -> asyncio.Future[str]:
+        """Queue a packed command (``size`` octets of body) for the next batch; its reply comes
+        in the future. Commands go out in the order they were queued, on one connection."""
         if time.monotonic() < self.down_until:
             raise SinkError(f"redis queue {self.label} is unavailable (retrying)")
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._pending.append((packed, future))
+        self._sink.inflight += size
+        self._pending.append((packed, future, size))
         if not self.flushing:
             self.flushing = True
             asyncio.get_running_loop().create_task(self._flush())
-        return await future
+        return future
+
+    async def commit(self, packed: list[bytes], size: int) -> str:
+        return await self.enqueue(packed, size)
 
     async def _flush(self) -> None:
         """Send batches until nothing is pending: commits arriving meanwhile join the next one."""
@@ -403,10 +478,20 @@ class _Lane:
 
     async def _send(self, batch: _Batch) -> None:
         sink = self._sink
+        m = instruments()
+        m.inflight_bytes.set(sink.inflight)
+        try:
+            await self._exchange(batch)
+        finally:
+            sink._released(sum(size for _, _, size in batch))
+            m.inflight_bytes.set(sink.inflight)
+
+    async def _exchange(self, batch: _Batch) -> None:
+        sink = self._sink
         try:
             conn = await self._ready()
             out: list[bytes] = []
-            for packed, _ in batch:
+            for packed, _, _ in batch:
                 out.extend(packed)
             await conn.send_packed_command(out, check_health=False)
             results: list[str | BaseException] = []
@@ -435,11 +520,13 @@ class _Lane:
         m = instruments()
         m.batch_size.observe(len(batch))
         m.queue_up.set(1)
-        for (_, future), result in zip(batch, results, strict=True):
+        for (_, future, _), result in zip(batch, results, strict=True):
             if future.done():
                 continue
-            if isinstance(result, BaseException):
-                future.set_exception(SinkError(f"redis refused the entry: {result}"))
+            if isinstance(result, SinkError):
+                future.set_exception(result)
+            elif isinstance(result, BaseException):
+                future.set_exception(RefusedError(f"redis refused the entry: {result}"))
             else:
                 future.set_result(result)
 
@@ -458,22 +545,59 @@ class _Lane:
         m.queue_up.set(0)
         self._down(exc)
         error = SinkError(f"redis queue {self.label}: {exc}")
-        for _, future in batch:
+        for _, future, _ in batch:
             if not future.done():
                 future.set_exception(error)
 
     def _down(self, exc: BaseException) -> None:
+        """Drop the connection and back off; a probe watches for Redis coming back."""
         conn, self._conn = self._conn, None
         if conn is not None:
             asyncio.get_running_loop().create_task(conn.disconnect(nowait=True))
+        self._delay(exc)
+        if self._trouble is not None:
+            self._trouble()
+        if not self._closed and (self._probe is None or self._probe.done()):
+            self._probe = asyncio.get_running_loop().create_task(self._recover())
+
+    def _delay(self, exc: BaseException) -> None:
         self._backoff = min(5.0, self._backoff * 2 or 0.1)
         self.down_until = time.monotonic() + self._backoff
         log.warning("redis queue %s failed (%s); retrying in %.1f s", self.label, exc, self._backoff)
-        if self._trouble is not None:
-            self._trouble()
+
+    async def _recover(self) -> None:
+        """After each backoff, connect and PING (on a connection of its own) until Redis answers
+        or a batch got through; then the lane is up again, traffic or not."""
+        while self._backoff and not self._closed:
+            await asyncio.sleep(max(0.0, self.down_until - time.monotonic()))
+            if not self._backoff or self._closed:
+                return
+            conn = self._connect()
+            try:
+                await conn.connect()  # type: ignore[no-untyped-call]
+                await conn.send_command("PING", check_health=False)
+                await conn.read_response()
+            except (RedisError, OSError) as exc:
+                await _drop(conn)
+                self._delay(exc)
+                continue
+            except BaseException:
+                await _drop(conn)
+                raise
+            if self._conn is None and not self.flushing:  # the next batch goes out on it
+                self._conn, self._script_ready = conn, False
+            else:
+                await _drop(conn)
+            if self._backoff:
+                self._backoff, self.down_until = 0.0, 0.0
+                instruments().queue_up.set(1)
+                log.info("redis queue %s answers again", self.label)
 
     async def close(self) -> None:
-        """Let the batch in flight finish, then close the connection."""
+        """Let the batch in flight finish, stop the probe, then close the connection."""
+        self._closed = True
+        if self._probe is not None:
+            self._probe.cancel()
         for _ in range(200):
             if not self.flushing:
                 break
@@ -503,6 +627,8 @@ async def _backlog(client: aioredis.Redis | RedisCluster, stream: str, group: st
 class _Topology(Protocol):
     async def start(self) -> None: ...
     def route(self, writer: RedisStreamWriter) -> tuple[_Lane, list[bytes], int | None]: ...
+    def target(self, writer: RedisStreamWriter) -> _Target: ...
+    def lane_for(self, shard: int | None) -> _Lane: ...
     def available(self) -> bool: ...
     async def backlog(self) -> int: ...
     async def close(self) -> None: ...
@@ -527,18 +653,26 @@ class _Single:
             self.redis = aioredis.Redis.from_url(queue.url, socket_timeout=timeout, socket_connect_timeout=timeout)
         self.lane = _Lane(sink, self.redis.connection_pool.make_connection, sink._safe_url)
         self._stream = sink.stream.encode()
+        self._target = _Target(None, self._stream, sink._dedup_prefix, self._stream + b":body:")
 
     async def start(self) -> None:
         # As in a cluster: connect the lane and load the dedup script on the connection the
         # batches will use, once (not on a pool connection, then again on the lane's).
         failure = await self.lane.warm()
         if failure is not None:
+            await self.lane.close()  # no probe for a sink that did not start
             raise failure
 
     def route(self, writer: RedisStreamWriter) -> tuple[_Lane, list[bytes], int | None]:
         sink = self._sink
         dedup = None if writer._digest is None else sink._dedup_prefix + writer._dedup_hash()
         return self.lane, writer._packed(sink._xadd_head, self._stream, dedup), None
+
+    def target(self, writer: RedisStreamWriter) -> _Target:
+        return self._target
+
+    def lane_for(self, shard: int | None) -> _Lane:
+        return self.lane
 
     def available(self) -> bool:
         return time.monotonic() >= self.lane.down_until
@@ -574,6 +708,7 @@ class _Cluster:
         self._names = [key.encode() for key in self.keys]
         self._heads = [_xadd_head(name, sink.maxlen)[1] for name in self._names]
         self._dedup_prefixes = [name + b":dedup:" for name in self._names]
+        self._targets = [_Target(i, name, name + b":dedup:", name + b":body:") for i, name in enumerate(self._names)]
         self._slots = [self.client.keyslot(name) for name in self._names]
         self.lanes: dict[str, _Lane] = {}  # by node name
         self.shard_lanes: list[_Lane | None] = [None] * shards
@@ -651,6 +786,24 @@ class _Cluster:
             raise SinkError(f"redis queue {self._sink._safe_url}: no node serves shard {shard} (retrying)")
         return lane, writer._packed(self._heads[shard], self._names[shard], dedup), shard
 
+    def target(self, writer: RedisStreamWriter) -> _Target:
+        """A large message's shard, chosen as its upload starts (before its body is complete):
+        with dedup, from its envelope and header block (Message-ID included), so a retry comes
+        to the same shard; else by turns."""
+        if writer._digest is None:
+            return self._targets[self._turn()]
+        env = writer._envelope
+        digest = hashlib.sha256(writer._block + b"\0" + str(env.mail_from).encode() + b"\0"
+                                + b"\0".join(str(r.address).encode() for r in env.recipients))
+        return self._targets[int(digest.hexdigest()[:8], 16) % self.count]
+
+    def lane_for(self, shard: int | None) -> _Lane:
+        lane = None if shard is None else self.shard_lanes[shard]
+        if lane is None:
+            self.refresh()
+            raise SinkError(f"redis queue {self._sink._safe_url}: no node serves shard {shard} (retrying)")
+        return lane
+
     def _turn(self) -> int:
         """The next shard whose node is not backing off."""
         now = time.monotonic()
@@ -695,6 +848,10 @@ class RedisStreamSink:
         replicas, wait_timeout_ms: for ``replicated``.
         shards: cluster only: the number of shard streams (default: the URL's ``shards=N``,
             else :data:`DEFAULT_SHARDS`). Producers and consumers must agree on it.
+        large_threshold: body octets past which a message is written into chunk keys as it
+            arrives and queued as a version-2 record (0: never; every consumer must read
+            version 2 first). See :mod:`smtpfront.sink.redis_large`.
+        upload_ttl: seconds the chunk keys of a message not committed live (a crash's leftovers).
 
     Raises:
         ValueError: the URL or an option is malformed.
@@ -704,8 +861,13 @@ class RedisStreamSink:
                  timeout: float = 10.0, durability: Literal["ack", "replicated"] = "ack", replicas: int = 1,
                  wait_timeout_ms: int = 1000, dedup_window: int = 900, high_water: int | None = None,
                  group: str | None = None, monitor_interval: float = 1.0,
-                 inflight_budget: int = 64 * 1024 * 1024, shards: int | None = None) -> None:
+                 inflight_budget: int = 64 * 1024 * 1024, shards: int | None = None,
+                 large_threshold: int = 1024 * 1024, upload_ttl: int = UPLOAD_TTL) -> None:
+        if large_threshold < 0 or upload_ttl < 1:
+            raise ValueError("large_threshold must not be negative, upload_ttl must be positive")
         self.url = url
+        self.large_threshold = large_threshold
+        self.upload_ttl = upload_ttl
         self.stream = stream
         self.maxlen = maxlen
         self.dedup_window = dedup_window
@@ -765,6 +927,9 @@ class RedisStreamSink:
             log.warning("redis queue %s %s its high-water mark (%d > %d)", self._safe_url,
                         "passed" if full else "is back under", backlog, self.high_water)
         self.full = full
+        m = instruments()
+        m.queue_backlog.set(backlog)
+        m.queue_full.set(1 if full else 0)
 
     async def _watch(self) -> None:
         while not self._closed:

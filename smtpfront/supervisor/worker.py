@@ -44,7 +44,7 @@ def build_sink(config: Config) -> Sink:
             config.queue, stream=r.stream, maxlen=r.maxlen, timeout=r.timeout, durability=r.durability,
             replicas=r.replicas, wait_timeout_ms=r.wait_timeout_ms, dedup_window=r.dedup_window,
             high_water=r.high_water, group=r.group, monitor_interval=r.monitor_interval,
-            inflight_budget=r.inflight_budget,
+            inflight_budget=r.inflight_budget, large_threshold=r.large_threshold,
         )
     if scheme == "maildir":
         from ..sink.maildir import MaildirSink

@@ -25,10 +25,12 @@ import redis
 import uvloop
 
 from smtpfront.server import SMTPServer
+from smtpfront.sink.base import SinkError
 from smtpfront.sink.record import decode_record
 from smtpfront.sink.redis_streams import RedisStreamSink
 
 from ..conftest import RedisServer, free_port
+from .test_redis_streams import commit, record_metrics, until
 
 STREAM = "smtpfront:inbound"
 REPLY_TIMEOUT = 10.0  # any one SMTP reply; a hang fails the test instead of blocking it
@@ -399,3 +401,42 @@ def test_redis_out_of_memory_fails_only_that_entry(redis_server: RedisServer) ->
         client.close()
     subjects = [decode_record(fields)[1].rsplit(b"Subject: ", 1)[1] for _, fields in stored]
     assert subjects == [b"before\r\n\r\nx\r\n", b"after\r\n\r\nx\r\n"]
+
+
+# -- 5. back up without traffic -----------------------------------------------------------------
+
+
+def test_a_probe_brings_the_queue_back_up_without_traffic(
+        redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    m = record_metrics(monkeypatch)
+
+    async def main() -> None:
+        sink = RedisStreamSink(redis_server.url, timeout=2)
+        await sink.start()
+        lane = sink._topology.lane  # type: ignore[attr-defined]
+        try:
+            assert m.queue_up.last == 1
+            await asyncio.to_thread(redis_server.stop)
+            with pytest.raises(SinkError):
+                await commit(sink, 0)
+            assert m.queue_up.last == 0 and not sink._topology.available()
+            await asyncio.sleep(1.6)  # probes fail meanwhile, each backing off further
+            assert m.queue_up.last == 0 and 0.4 <= lane._backoff <= 5.0
+            await asyncio.to_thread(redis_server.start)
+            started = time.monotonic()
+            await until(lambda: m.queue_up.last == 1, timeout=8)  # no message was sent meanwhile
+            print(f"\nback up {time.monotonic() - started:.2f} s after Redis restarted, backoff was ≤ 1.6 s")
+            assert sink._topology.available() and lane.down_until == 0
+            assert await commit(sink, 2)  # and the probe's connection carries mail at once
+
+            await asyncio.to_thread(redis_server.stop)  # down again: close() stops the probe
+            with pytest.raises(SinkError):
+                await commit(sink, 3)
+            probe = lane._probe
+            assert probe is not None and not probe.done()
+        finally:
+            await sink.close()
+        await asyncio.wait({probe}, timeout=2)
+        assert probe.done()
+
+    asyncio.run(main())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import smtplib
 import time
+from collections.abc import Callable
 
 import orjson
 import pytest
@@ -12,6 +13,7 @@ import redis
 
 from smtpfront.core.events import Address, MailParams, RcptParams, Recipient
 from smtpfront.server import SMTPServer
+from smtpfront.sink import redis_streams
 from smtpfront.sink.base import Envelope, SinkError
 from smtpfront.sink.record import FORMAT_VERSION, decode_record
 from smtpfront.sink.redis_streams import RedisStreamSink
@@ -35,6 +37,53 @@ def envelope(n: int = 0) -> Envelope:
         recipients=[Recipient(Address("b", "example.net"), RcptParams())], received_at=time.time(),
         trace=b"Received: test\r\n",
     )
+
+
+class Recorded:
+    """A metric stand-in that remembers every value it was given."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def set(self, value: float) -> None:
+        self.values.append(value)
+
+    def inc(self, amount: float = 1) -> None:
+        self.values.append(amount)
+
+    def observe(self, value: float) -> None:
+        self.values.append(value)
+
+    @property
+    def last(self) -> float | None:
+        return self.values[-1] if self.values else None
+
+
+class Recording:
+    """What the Redis sink reads from ``instruments()``, recorded."""
+
+    def __init__(self) -> None:
+        self.queue_up, self.queue_errors, self.batch_size = Recorded(), Recorded(), Recorded()
+        self.queue_backlog, self.queue_full, self.inflight_bytes = Recorded(), Recorded(), Recorded()
+
+
+def record_metrics(monkeypatch: pytest.MonkeyPatch) -> Recording:
+    recording = Recording()
+    monkeypatch.setattr(redis_streams, "instruments", lambda: recording)
+    return recording
+
+
+async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def commit(sink: RedisStreamSink, n: int = 0, body: bytes = b"x\r\n") -> str:
+    writer = sink.open(envelope(n))
+    writer.write(memoryview(body))
+    return await writer.commit()
 
 
 def run_server_and(url: str, client: object) -> None:
@@ -240,3 +289,27 @@ def test_identical_messages_without_a_message_id_are_all_queued(redis_server: Re
 
     run_server_and(redis_server.url, client)
     assert len(entries(redis_server.url)) == 2
+
+
+def test_gauges_backlog_and_full_from_the_monitor_inflight_per_batch(
+        redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    m = record_metrics(monkeypatch)
+
+    async def main() -> None:
+        sink = RedisStreamSink(redis_server.url, high_water=2, monitor_interval=0.05, dedup_window=0)
+        await sink.start()
+        try:
+            assert (m.queue_backlog.last, m.queue_full.last) == (0, 0)  # measured once at start
+            await asyncio.gather(*(commit(sink, n, b"y" * 1000) for n in range(3)))
+            assert max(m.inflight_bytes.values) >= 3000 and m.inflight_bytes.last == 0
+            assert len(m.inflight_bytes.values) == 2 * sink.batches  # per batch, not per message
+            await until(lambda: m.queue_full.last == 1)
+            assert m.queue_backlog.last == 3 and sink.full
+            with redis.Redis.from_url(redis_server.url) as control:
+                control.xtrim(STREAM, maxlen=0)  # consumers caught up
+            await until(lambda: m.queue_full.last == 0)
+            assert m.queue_backlog.last == 0 and not sink.full
+        finally:
+            await sink.close()
+
+    asyncio.run(main())
