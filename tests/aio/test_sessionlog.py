@@ -8,6 +8,8 @@ import contextlib
 import io
 import logging
 import smtplib
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 
@@ -25,20 +27,13 @@ class Users(Hooks):
         return credentials.username == "alice" and credentials.password == SECRET
 
 
-def test_session_events_are_logged_as_json_without_credentials() -> None:
+def logged_session(level: str, client: Callable[[int], None]) -> tuple[str, list[dict[str, Any]]]:
+    """Run ``client(port)`` against a server whose logs go to a string: (text, JSON records)."""
     stream = io.StringIO()
     logger = logging.getLogger("smtpfront")
     saved = (logger.propagate, logger.level, list(logger.handlers))
-    setup_logging("INFO", json=True, stream=stream)
+    setup_logging(level, json=True, stream=stream)
     try:
-        def client(port: int) -> None:
-            with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
-                smtp.ehlo("client.example")
-                smtp.login("alice", SECRET)  # AUTH PLAIN with the password base64-encoded on the wire
-                smtp.sendmail("alice@example.org", ["bob@example.net"], b"Subject: log\r\n\r\nx\r\n")
-                with contextlib.suppress(smtplib.SMTPException):
-                    smtp.rcpt("not an address")
-
         async def main() -> None:
             async with SMTPServer(Users(), port=0, sink=MemorySink(), tls=False, auth_methods=["PLAIN"],
                                   allow_insecure_auth=True, auth_failure_delay=0) as server:
@@ -49,7 +44,19 @@ def test_session_events_are_logged_as_json_without_credentials() -> None:
     finally:
         logger.propagate, logger.level, logger.handlers[:] = saved[0], saved[1], saved[2]
     text = stream.getvalue()
-    records = [orjson.loads(line) for line in text.splitlines() if line.strip()]
+    return text, [orjson.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_session_events_are_logged_as_json_without_credentials() -> None:
+    def client(port: int) -> None:
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+            smtp.ehlo("client.example")
+            smtp.login("alice", SECRET)  # AUTH PLAIN with the password base64-encoded on the wire
+            smtp.sendmail("alice@example.org", ["bob@example.net"], b"Subject: log\r\n\r\nx\r\n")
+            with contextlib.suppress(smtplib.SMTPException):
+                smtp.rcpt("not an address")
+
+    text, records = logged_session("INFO", client)
     events = [r["msg"] for r in records if r.get("logger") == "smtpfront.session"]
     for name in ("connect", "helo", "auth", "queued", "reject", "session"):
         assert name in events, (name, events)
@@ -62,28 +69,13 @@ def test_session_events_are_logged_as_json_without_credentials() -> None:
 
 
 def test_debug_logs_one_line_per_command_and_reply() -> None:
-    stream = io.StringIO()
-    logger = logging.getLogger("smtpfront")
-    saved = (logger.propagate, logger.level, list(logger.handlers))
-    setup_logging("DEBUG", json=True, stream=stream)
-    try:
-        def client(port: int) -> None:
-            with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
-                smtp.ehlo("client.example")
-                smtp.login("alice", SECRET)
-                smtp.sendmail("alice@example.org", ["bob@example.net"], b"Subject: log\r\n\r\nx\r\n")
+    def client(port: int) -> None:
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+            smtp.ehlo("client.example")
+            smtp.login("alice", SECRET)
+            smtp.sendmail("alice@example.org", ["bob@example.net"], b"Subject: log\r\n\r\nx\r\n")
 
-        async def main() -> None:
-            async with SMTPServer(Users(), port=0, sink=MemorySink(), tls=False, auth_methods=["PLAIN"],
-                                  allow_insecure_auth=True, auth_failure_delay=0) as server:
-                await asyncio.get_running_loop().run_in_executor(None, client, server.port)
-                await asyncio.sleep(0.1)
-
-        asyncio.run(main())
-    finally:
-        logger.propagate, logger.level, logger.handlers[:] = saved[0], saved[1], saved[2]
-    text = stream.getvalue()
-    records = [orjson.loads(line) for line in text.splitlines() if line.strip()]
+    text, records = logged_session("DEBUG", client)
     commands = [r for r in records if r.get("msg") == "command"]
     replies = [r["line"] for r in records if r.get("msg") == "reply"]
     assert [r["event"] for r in commands] == [
