@@ -493,7 +493,9 @@ class _Lane:
             out: list[bytes] = []
             for packed, _, _ in batch:
                 out.extend(packed)
-            await conn.send_packed_command(out, check_health=False)
+            # One buffer: the transport's writelines costs a Python step per piece (py-spy: 10 %
+            # of a worker at 1 KB messages), a join costs a memcpy.
+            await conn.send_packed_command([b"".join(out)], check_health=False)
             results: list[str | BaseException] = []
             for _ in batch:
                 try:
