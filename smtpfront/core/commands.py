@@ -171,10 +171,12 @@ def parse_mail(arg: str, features: Features, limits: Limits) -> tuple[Address, M
         LocalProtocolError: 501 5.5.4, 555 5.5.4, 552 5.3.4, 553 5.6.7 or 553 5.1.7.
     """
     m = MAIL_FAST.fullmatch(arg)
-    if m is None or (m[2] is not None and len(m[2]) > MAX_DOMAIN_LENGTH):
+    if m is None:
         return _parse_mail_full(arg, features, limits)
-    address = _NULL_ADDRESS if m[1] is None else Address(m[1], m[2])
-    rest = m[3]
+    local, domain, rest = m.groups()
+    if domain is not None and len(domain) > MAX_DOMAIN_LENGTH:
+        return _parse_mail_full(arg, features, limits)
+    address = _NULL_ADDRESS if local is None else Address(local, domain)
     return address, (_mail_params(rest, features, limits) if rest else _NO_MAIL_PARAMS)
 
 
@@ -279,10 +281,12 @@ def parse_rcpt(arg: str, features: Features, smtputf8: bool) -> tuple[Address, R
         LocalProtocolError: 501 5.5.4, 555 5.5.4, 553 5.6.7 or 553 5.1.3.
     """
     m = RCPT_FAST.fullmatch(arg)
-    if m is None or len(m[2]) > MAX_DOMAIN_LENGTH:
+    if m is None:
         return _parse_rcpt_full(arg, features, smtputf8)
-    rest = m[3]
-    return Address(m[1], m[2]), (_rcpt_params(rest, features, smtputf8) if rest else _NO_RCPT_PARAMS)
+    local, domain, rest = m.groups()
+    if len(domain) > MAX_DOMAIN_LENGTH:
+        return _parse_rcpt_full(arg, features, smtputf8)
+    return Address(local, domain), (_rcpt_params(rest, features, smtputf8) if rest else _NO_RCPT_PARAMS)
 
 
 def _parse_rcpt_full(arg: str, features: Features, smtputf8: bool) -> tuple[Address, RcptParams]:

@@ -89,6 +89,7 @@ PAUSED: Final = Sentinel("PAUSED")
 
 _FEATURES, _LIMITS, _POLICIES = Features(), Limits(), Policies()
 _BODY: Final = Command("<body>", frozenset(), None)  # the reply awaited after a body ends
+_LAST, _NEEDS_TLS, _NEEDS_AUTH = Flag.LAST, Flag.NEEDS_TLS, Flag.NEEDS_AUTH  # module names: no class lookup per command
 _SECRET: Final = Command("<secret>", frozenset(), None)  # SCRAM waits for supply_scram_secret
 _AUTH_NOT_OFFERED = Reply(503, "5.5.1", "Error: AUTH requires EHLO")
 _AUTH_NEEDS_TLS = Reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
@@ -143,6 +144,7 @@ class ServerConnection:
         self.require_auth = require_auth
         self.auth_requires_tls = auth_requires_tls
         self.esmtp = False
+        self._pipelining = self.features.pipelining
         self.helo: str | None = None
         self.authenticated = False
         self.closing = False  # a reply that ends the session is queued
@@ -348,12 +350,12 @@ class ServerConnection:
             raise LocalProtocolError(command.refusal(state))
         flags = command.flags
         if self._sync_reject and (buf.end > buf.start or self._overflow) and verb != "QUIT" and (
-            flags & Flag.LAST or not self._pipelining_offered
+            flags & _LAST or not (self.esmtp and self._pipelining)
         ):
             raise LocalProtocolError(R.PIPELINING_VIOLATION, fatal=True)
-        if self.require_tls and flags & Flag.NEEDS_TLS and not self.tls_active:
+        if self.require_tls and flags & _NEEDS_TLS and not self.tls_active:
             raise LocalProtocolError(R.TLS_REQUIRED)
-        if self.require_auth and flags & Flag.NEEDS_AUTH and not self.authenticated:
+        if self.require_auth and flags & _NEEDS_AUTH and not self.authenticated:
             raise LocalProtocolError(R.AUTH_REQUIRED)
         try:
             text = arg.decode("ascii") if arg.isascii() else arg.decode("utf-8")
@@ -366,7 +368,7 @@ class ServerConnection:
 
     @property
     def _pipelining_offered(self) -> bool:
-        return self.esmtp and self.features.pipelining
+        return self.esmtp and self._pipelining
 
     def _hello(self, text: str) -> Event:
         lmtp = self.features.lmtp
