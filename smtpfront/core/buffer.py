@@ -1,11 +1,15 @@
-"""The receive buffer: one fixed ``bytearray`` per connection, filled in place.
+"""The receive buffer: one ``bytearray`` per connection, filled in place.
 
 An asyncio ``BufferedProtocol`` reads straight into :meth:`ReceiveBuffer.writable` and
 reports the count with :meth:`ReceiveBuffer.commit`. Lines are found with ``find`` from a
 remembered offset, so no byte is searched twice (h11's ``ReceiveBuffer`` rule: O(n) in the
-worst case). The buffer never changes size: a ``bytearray`` with an exported
-``memoryview`` cannot be resized, and views of it are handed to the application, so room
-is made by moving the unread bytes to the front (:meth:`compact`).
+worst case). Room is made by moving the unread bytes to the front (:meth:`compact`).
+
+The buffer starts small (4 KiB: an idle session costs little) and doubles, up to its
+``size``, each time a read filled all the room it had (a body is streaming in). A
+``bytearray`` with an exported ``memoryview`` cannot be resized, so growing means a new
+``bytearray`` with the unread bytes copied over; views handed out earlier keep the old one
+alive until they are released.
 """
 
 from __future__ import annotations
@@ -27,18 +31,21 @@ class LineTooLong(Exception):
 
 
 class ReceiveBuffer:
-    """A fixed-size byte buffer with read (``start``) and write (``end``) offsets.
+    """A byte buffer with read (``start``) and write (``end``) offsets, growing up to ``size``.
 
     Args:
-        size: capacity in octets. It must hold the longest line the connection accepts.
+        size: the largest capacity in octets. It must hold the longest line the connection accepts.
+        initial: the capacity to start with (at least 1024, at most ``size``).
     """
 
-    __slots__ = ("_buf", "_view", "start", "end", "_search")
+    __slots__ = ("_buf", "_view", "start", "end", "_search", "_limit", "_grow")
 
-    def __init__(self, size: int = 64 * 1024) -> None:
+    def __init__(self, size: int = 64 * 1024, initial: int = 4096) -> None:
         if size < 1024:
             raise ValueError("receive buffer must be at least 1024 octets")
-        self._buf = bytearray(size)
+        self._limit = size
+        self._grow = False  # a read filled all the room: double before the next one
+        self._buf = bytearray(min(size, max(initial, 1024)))
         self._view = memoryview(self._buf)
         self.start = 0  # first unread octet
         self.end = 0  # one past the last received octet
@@ -49,12 +56,12 @@ class ReceiveBuffer:
 
     @property
     def capacity(self) -> int:
-        """The buffer's fixed size."""
-        return len(self._buf)
+        """The largest size the buffer grows to."""
+        return self._limit
 
     @property
     def free(self) -> int:
-        """Octets that can be received without compacting."""
+        """Octets that can be received without compacting or growing."""
         return len(self._buf) - self.end
 
     def writable(self) -> memoryview:
@@ -63,23 +70,38 @@ class ReceiveBuffer:
         The result is empty only when the buffer is full of unread bytes: the caller
         must then stop reading (``pause_reading``) instead of offering it.
         """
+        if self._grow:
+            self._enlarge()
         if self.start and (self.free < 4096 or self.start == self.end):
             self.compact()
         return self._view[self.end :]
 
     def commit(self, n: int) -> None:
         """Record that ``n`` octets were written at the start of :meth:`writable`."""
-        if n < 0 or self.end + n > len(self._buf):
+        size = len(self._buf)
+        if n < 0 or self.end + n > size:
             raise ValueError(f"commit of {n} octets overflows the buffer")
         self.end += n
+        if self.end == size and size < self._limit:
+            self._grow = True
 
     def feed(self, data: bytes | bytearray | memoryview) -> int:
         """Copy as much of ``data`` as fits; returns how many octets were taken."""
         room = self.writable()
         n = min(len(room), len(data))
         room[:n] = data[:n]
-        self.end += n
+        self.commit(n)
         return n
+
+    def _enlarge(self) -> None:
+        """Double the capacity (up to ``size``); the unread bytes move to the front."""
+        self._grow = False
+        start, end = self.start, self.end
+        new = bytearray(min(self._limit, 2 * len(self._buf)))
+        new[: end - start] = self._view[start:end]
+        self._buf, self._view = new, memoryview(new)
+        self._search -= start
+        self.start, self.end = 0, end - start
 
     def compact(self) -> None:
         """Move the unread bytes to the front of the buffer (no reallocation)."""

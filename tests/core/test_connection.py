@@ -231,6 +231,29 @@ def test_buffer_writable_is_empty_only_when_full() -> None:
     assert len(buf.writable()) == 10
 
 
+def test_buffer_starts_small_and_doubles_when_a_read_fills_it() -> None:
+    buf = ReceiveBuffer(64 * 1024)
+    assert len(buf.writable()) == 4096  # an idle session holds 4 KiB, not 64
+    buf.commit(100)
+    buf.consume(100)
+    assert len(buf.writable()) == 4096  # partial reads: no growth
+    sizes = []
+    for _ in range(6):
+        room = buf.writable()
+        room[:] = b"x" * len(room)  # a read that fills all the room there is
+        buf.commit(len(room))
+        sizes.append(buf.free + buf.end)
+    assert sizes == [4096, 8192, 16384, 32768, 65536, 65536]  # doubled, up to the limit
+    assert len(buf.writable()) == 0  # full at the limit: the adapter pauses reading
+    assert bytes(buf.view()) == b"x" * 65536  # unread bytes survive every move
+    line = ReceiveBuffer(64 * 1024)
+    data = b"A" * 5000 + b"\r\n"
+    taken = line.feed(data)
+    assert taken == 4096 and line.next_line(8000) is None
+    assert line.feed(data[taken:]) == len(data) - taken  # the room grew for the rest
+    assert bytes(line.next_line(8000) or b"") == data
+
+
 # -- tallies for the adapter's metrics ------------------------------------------------------
 
 
