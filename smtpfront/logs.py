@@ -9,6 +9,7 @@ costs one ``isEnabledFor`` call: nothing is built, redacted or formatted before 
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
@@ -81,12 +82,20 @@ def redact(fields: Mapping[str, object]) -> dict[str, object]:
 
 
 def _secret(key: object) -> bool:
-    lowered = str(key).lower()
+    return _secret_name(key if type(key) is str else str(key))
+
+
+@functools.lru_cache(maxsize=4096)  # the same few keys on every record: the scan once per key
+def _secret_name(key: str) -> bool:
+    lowered = key.lower()
     return any(s in lowered for s in _SECRET_KEYS)
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def _redacted(value: object, depth: int) -> object:
-    if not isinstance(value, Mapping | list | tuple):
+    if type(value) in _SCALARS or not isinstance(value, Mapping | list | tuple):  # (ABC checks are slow)
         return value
     if depth >= _MAX_DEPTH:
         return _MARK  # a deeper (or cyclic) structure is dropped, never logged unredacted
