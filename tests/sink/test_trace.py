@@ -271,3 +271,21 @@ def test_queue_ids_unique_sorted_short() -> None:
     later = new_queue_id()
     time.sleep(0.002)
     assert new_queue_id() > later
+
+
+def test_queue_ids_of_forked_workers_differ_in_the_same_microsecond() -> None:
+    import os
+
+    from smtpfront.sink import trace
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a worker: its ids carry its own pid
+        os.write(write, trace.new_queue_id().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    mine = trace.new_queue_id()
+    assert int(child, 16) & 0xFFFFFF == pid and int(mine, 16) & 0xFFFFFF == os.getpid()
