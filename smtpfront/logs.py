@@ -9,6 +9,8 @@ costs one ``isEnabledFor`` call: nothing is built, redacted or formatted before 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import logging
 import sys
@@ -225,6 +227,51 @@ class SessionLogger(logging.LoggerAdapter[logging.Logger]):
             self.logger.debug(name, extra=_safe_extra(self.extra or {}, fields), stacklevel=2)
 
 
+class _LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A StreamHandler that, inside a running event loop, writes the lines of one loop pass
+    with one write: a worker logs a line per message, and a write (and flush) per line was
+    a system call per message. Outside a loop (the master, scripts), and for warnings and
+    errors, each line goes at once. A line waits at most until the loop's next pass;
+    ``flush()`` and ``close()`` (``logging.shutdown``) write what waits."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        super().__init__(stream)
+        self._pending: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None or record.levelno >= logging.WARNING:  # trouble is written at once
+            self.flush()
+            super().emit(record)
+            return
+        try:
+            line = self.format(record) + self.terminator
+        except Exception:
+            self.handleError(record)
+            return
+        if not self._pending:
+            loop.call_soon(self.flush)
+        self._pending.append(line)
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        self.acquire()
+        try:
+            if pending and self.stream is not None:
+                try:
+                    self.stream.write("".join(pending))
+                except Exception:  # a broken stream never raises into the server
+                    return
+            if self.stream is not None and hasattr(self.stream, "flush"):
+                with contextlib.suppress(Exception):
+                    self.stream.flush()
+        finally:
+            self.release()
+
+
 def setup_logging(
     level: str = "INFO", *, json: bool = True, stream: IO[str] | None = None, worker: int | None = None
 ) -> None:
@@ -246,7 +293,7 @@ def setup_logging(
     levelno = logging.getLevelNamesMapping().get(level.upper())
     if levelno is None:
         raise ValueError(f"unknown log level {level!r}")
-    handler = logging.StreamHandler(stream if stream is not None else sys.stdout)
+    handler = _LineHandler(stream if stream is not None else sys.stdout)
     handler.setFormatter(JsonFormatter(worker=worker) if json else _PlainFormatter(worker=worker))
     setattr(handler, _HANDLER_MARK, True)
     logger = logging.getLogger("smtpfront")

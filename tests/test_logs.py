@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
 from collections.abc import Iterator, Mapping
@@ -331,3 +332,39 @@ def test_formatter_is_usable_on_its_own() -> None:
         "msg": "m",
         "worker": 0,
     }
+
+
+def test_lines_of_one_loop_pass_go_out_in_one_write() -> None:
+    import asyncio
+
+    class Counting(io.StringIO):
+        writes = 0
+
+        def write(self, text: str) -> int:
+            self.writes += 1
+            return super().write(text)
+
+    stream = Counting()
+    logger = logging.getLogger("smtpfront")
+    saved = (logger.propagate, logger.level, list(logger.handlers))
+    setup_logging("INFO", json=True, stream=stream)
+    try:
+        async def main() -> None:
+            log = logging.getLogger("smtpfront.test")
+            log.info("one")
+            log.info("two")
+            assert stream.getvalue() == ""  # waiting for the end of this loop pass
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            assert [json.loads(line)["msg"] for line in stream.getvalue().splitlines()] == ["one", "two"]
+            assert stream.writes == 1
+            log.warning("three")  # trouble is written at once
+            assert json.loads(stream.getvalue().splitlines()[-1])["msg"] == "three"
+            log.info("four")
+
+        asyncio.run(main())
+        logging.getLogger("smtpfront.test").info("five")  # no loop: at once, after what waited
+    finally:
+        logger.propagate, logger.level, logger.handlers[:] = saved[0], saved[1], saved[2]
+    messages = [json.loads(line)["msg"] for line in stream.getvalue().splitlines()]
+    assert messages == ["one", "two", "three", "four", "five"]
