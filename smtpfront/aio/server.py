@@ -83,6 +83,11 @@ class WorkerServer:
         """Stop accepting, drain open sessions for up to ``timeout`` seconds, then close."""
         for server in self._servers:
             server.close()
+        # A connection accepted in the loop pass that brought the stop has its connection_made
+        # scheduled but not run: let it in first, so that it is greeted and drained like the
+        # sessions already open instead of refused with 421 (during a reload, the kernel gave it
+        # to this worker a moment before the new generation could have taken it).
+        await asyncio.sleep(0)
         for state in self._states:
             state.closing = True
         protocols = [p for state in self._states for p in list(state.connections)]

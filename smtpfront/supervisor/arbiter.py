@@ -3,8 +3,12 @@
 Rules (gunicorn's arbiter): signal handlers do nothing but wake the main loop (a
 wakeup pipe); the loop reads which signals arrived and calls ``handle_<name>()``, the only
 place that logs about them. No event loop ever exists in this process, so forking is
-safe; each worker builds its own loop after the fork and binds its own listening socket
-with ``SO_REUSEPORT``, so the kernel spreads connections and a reload never closes the port.
+safe; each worker builds its own loop after the fork. The first worker of each slot (worker
+number) binds that slot's listening sockets with ``SO_REUSEPORT``, so the kernel spreads
+connections over the slots, and hands them to the master, which keeps them for the slot's later
+workers: a respawned worker or the next generation of a reload serves the very same sockets.
+Closing a socket of a ``SO_REUSEPORT`` group resets the connections waiting in its accept queue;
+a slot's sockets therefore stay open until the slot itself goes (a stop, one worker fewer).
 
 Signals: TERM/INT graceful stop (workers finish open transactions until the graceful
 timeout, then are killed); QUIT quick stop; HUP reload (a new generation of workers starts
@@ -22,6 +26,7 @@ import logging
 import os
 import select
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -51,12 +56,24 @@ class HaltServer(Exception):
 
 @dataclass
 class WorkerContext:
-    """What a worker process receives: its number, generation and heartbeat."""
+    """What a worker process receives: its number, generation and heartbeat, and its slot's
+    listening sockets (those the slot's earlier workers handed over; none the first time)."""
 
     number: int
     generation: int
     heartbeat: Heartbeat
     ppid: int
+    sockets: list[socket.socket] = field(default_factory=list)
+    channel: socket.socket | None = None  # to the master
+
+    def hand_over(self, fds: list[int]) -> None:
+        """Give the master the listening sockets this worker serves, for the slot's next workers.
+
+        Call it once listening, before the first heartbeat (then a ready worker's sockets are
+        always with the master when it rolls the generation).
+        """
+        if self.channel is not None:
+            socket.send_fds(self.channel, [b"listening"], fds)
 
 
 @dataclass
@@ -65,6 +82,7 @@ class _Worker:
     context: WorkerContext
     started: float
     born: float  # the heartbeat file's ctime at the fork: a later one means "listening"
+    channel: socket.socket  # the master's end of WorkerContext.channel
     stopping: bool = False
     killed_at: float | None = None
 
@@ -103,6 +121,8 @@ class Arbiter:
     _outgoing: list[_Worker] = field(default_factory=list)
     _incoming: list[_Worker] = field(default_factory=list)
     _reload_deadline: float = 0.0
+    # Each slot's listening sockets, as its last worker handed them over.
+    _sockets: dict[int, list[socket.socket]] = field(default_factory=dict)
 
     # -- main loop -----------------------------------------------------------------------
 
@@ -118,9 +138,10 @@ class Arbiter:
         try:
             self._spawn_missing()
             while True:
-                for received in self._wait_for_signals(1.0):
+                for received in self._wait_for_signals(self._next_pass()):
                     getattr(self, f"handle_{_SIGNALS[signal.Signals(received)]}")()
                 self._reap()
+                self._collect()
                 if self._stopping and not self._children:
                     log.info("master stopped")
                     return 0
@@ -135,6 +156,14 @@ class Arbiter:
             return halt.status
         finally:
             signal.set_wakeup_fd(-1)
+
+    def _next_pass(self) -> float:
+        """Seconds until the loop must run again: 1, or less when a respawn's backoff ends sooner."""
+        if self._outgoing:
+            return 0.1  # a reload: retire the old generation as soon as the new one listens
+        if self._stopping or len(self._live()) >= self.workers:
+            return 1.0
+        return min(1.0, max(0.0, self._next_spawn - time.monotonic()))
 
     def _wait_for_signals(self, timeout: float) -> list[int]:
         try:
@@ -177,6 +206,7 @@ class Arbiter:
                 log.error("SIGHUP: new configuration refused, keeping the running workers: %s", exc)
                 return
         log.info("SIGHUP: starting a new generation of %d workers", self.workers)
+        self._collect()  # the sockets of workers that became ready since the last pass
         old = self._live()
         for worker in old:
             worker.stopping = True  # their numbers go to the new generation
@@ -218,7 +248,8 @@ class Arbiter:
 
     def _free_number(self) -> int:
         used = {w.context.number for w in self._live()}
-        return next(n for n in range(len(used) + 1) if n not in used)
+        waiting = sorted(n for n in self._sockets if n not in used)  # a slot's sockets wait for a worker
+        return waiting[0] if waiting else next(n for n in range(len(used) + 1) if n not in used)
 
     def _spawn_missing(self) -> None:
         now = time.monotonic()
@@ -226,7 +257,10 @@ class Arbiter:
             self._spawn(self._free_number())
 
     def _spawn(self, number: int) -> _Worker:
-        context = WorkerContext(number, self._generation, Heartbeat(), os.getpid())
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        ours.setblocking(False)  # (recv_fds ignores its flags before Python 3.12)
+        context = WorkerContext(number, self._generation, Heartbeat(), os.getpid(),
+                                list(self._sockets.get(number, ())), theirs)
         born = context.heartbeat.last_update()
         pid = os.fork()
         if pid == 0:  # the child: never returns into the master's loop
@@ -237,6 +271,12 @@ class Arbiter:
                     signal.signal(sig, signal.SIG_DFL)
                 os.close(self._pipe_r)
                 os.close(self._pipe_w)
+                ours.close()
+                for other in self._children.values():
+                    other.channel.close()
+                for slot, sockets in self._sockets.items():
+                    for sock in sockets if slot != number else ():
+                        sock.close()  # another slot's: it must go when that slot goes
                 status = self.worker_main(context)
             except SystemExit as exc:
                 status = exc.code if isinstance(exc.code, int) else 1
@@ -247,11 +287,13 @@ class Arbiter:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(status)
-        worker = self._children[pid] = _Worker(pid, context, time.monotonic(), born)
+        theirs.close()
+        worker = self._children[pid] = _Worker(pid, context, time.monotonic(), born, ours)
         log.info("worker %d started", number, extra={"worker_pid": pid, "generation": self._generation})
         return worker
 
     def _retire(self, worker: _Worker) -> None:
+        self._close_slot(worker.context.number)  # one worker fewer: its slot goes
         self._signal(worker, signal.SIGTERM)
         worker.stopping = True
         worker.killed_at = time.monotonic() + self.graceful_timeout
@@ -268,11 +310,39 @@ class Arbiter:
                 return
             if pid == 0:
                 return
-            worker = self._children.pop(pid, None)
+            worker = self._children.get(pid)
             if worker is None:
                 continue  # not ours (running as PID 1 reaps orphans too)
+            self._collect()  # what it handed over before it died is its slot's still
+            del self._children[pid]
             worker.context.heartbeat.close()
+            worker.channel.close()
             self._reaped(worker, status)
+
+    def _collect(self) -> None:
+        """Keep the listening sockets live workers handed over, each for its worker's slot."""
+        for worker in list(self._children.values()):
+            while True:
+                try:
+                    data, fds, _, _ = socket.recv_fds(worker.channel, 64, 64)  # non-blocking
+                except OSError:  # nothing (more) to read
+                    break
+                if not data:  # the worker's end is closed
+                    break
+                sockets = [socket.socket(fileno=fd) for fd in fds]
+                for sock in sockets:
+                    sock.set_inheritable(False)  # forked workers get them; exec'd programs must not
+                if worker.stopping or self._stopping:  # a late word from a worker on its way out
+                    for sock in sockets:
+                        sock.close()
+                    continue
+                self._close_slot(worker.context.number)
+                self._sockets[worker.context.number] = sockets
+
+    def _close_slot(self, number: int) -> None:
+        """Close the master's copies of a slot's sockets (a worker still serving them keeps its own)."""
+        for sock in self._sockets.pop(number, ()):
+            sock.close()
 
     @property
     def draining(self) -> bool:
@@ -333,6 +403,8 @@ class Arbiter:
 
     def _stop(self, *, graceful: bool) -> None:
         self._stopping = True
+        for number in list(self._sockets):
+            self._close_slot(number)  # the port closes as soon as the workers close theirs
         sig = signal.SIGTERM if graceful else signal.SIGQUIT
         deadline = time.monotonic() + (self.graceful_timeout if graceful else 5.0)
         for worker in self._children.values():
@@ -357,6 +429,7 @@ class Arbiter:
                 gone = self._children.pop(pid, None)
                 if gone is not None:
                     gone.context.heartbeat.close()
+                    gone.channel.close()
 
 
 def _noop(signum: int, frame: object) -> None:

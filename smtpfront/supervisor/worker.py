@@ -2,9 +2,11 @@
 
 Each worker has its own uvloop event loop, its own sink (its own Redis connection) and its
 own listening sockets (``SO_REUSEPORT``), one per configured listener (e.g. 25 with
-STARTTLS, 465 implicit TLS, 587 submission, an LMTP port). It beats its heartbeat once a
-second once it listens, stops on SIGTERM (drain) or SIGQUIT (now), ignores SIGINT (the
-master decides), and exits with :data:`WORKER_BOOT_ERROR` when it cannot start.
+STARTTLS, 465 implicit TLS, 587 submission, an LMTP port): the ones its slot's earlier worker
+handed to the master where the address is unchanged, new ones elsewhere; it hands them all
+over in turn. It beats its heartbeat once a second once it listens, stops on SIGTERM (drain)
+or SIGQUIT (now), ignores SIGINT (the master decides), and exits with
+:data:`WORKER_BOOT_ERROR` when it cannot start.
 """
 
 from __future__ import annotations
@@ -125,10 +127,14 @@ async def _serve(config: Config, context: WorkerContext) -> int:
         if start is not None:
             await start()
         tls = tls_context(config)
+        inherited = {sock.getsockname()[:2]: sock for sock in context.sockets}
         listeners = [
-            Listener(listener_settings(config, item, tls), host=item.host, port=item.port, reuse_port=True)
+            Listener(listener_settings(config, item, tls), host=item.host, port=item.port, reuse_port=True,
+                     sock=inherited.pop((item.host, item.port), None))
             for item in config.listeners
         ]
+        for sock in inherited.values():
+            sock.close()  # an address the configuration no longer has
         events = Listeners()
         if config.logging.sessions:
             log_sessions(events)
@@ -139,6 +145,10 @@ async def _serve(config: Config, context: WorkerContext) -> int:
         return WORKER_BOOT_ERROR
     for item in config.listeners:
         log.info("listening", extra={"address": item.address, "mode": item.mode, "tls": item.tls})
+    try:
+        context.hand_over([sock.fileno() for sock in server.sockets])
+    except OSError as exc:  # the master is gone: nothing to keep them for
+        log.warning("cannot hand the listening sockets to the master: %s", exc)
     stop = asyncio.Event()
     quick = False
     loop = asyncio.get_running_loop()
