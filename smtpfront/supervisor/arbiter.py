@@ -284,6 +284,7 @@ class Arbiter:
                 log.exception("worker %d crashed while starting", number)
                 status = WORKER_BOOT_ERROR
             finally:
+                logging.shutdown()  # log lines a handler still holds (logs.py writes per loop pass)
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(status)
