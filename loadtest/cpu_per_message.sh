@@ -6,13 +6,14 @@
 # e.g.:  bash loadtest/cpu_per_message.sh 2750 1 0 null: --sessions 10 --messages 1000000 --seconds 5
 #        bash loadtest/cpu_per_message.sh 2750 1 0 "maildir:/tmp/spool --no-fsync" --sessions 10 --seconds 5
 #        bash loadtest/cpu_per_message.sh 2750 1 0 redis://127.0.0.1:6379/0 --size 102400 --seconds 5
-# The generator runs on CPU 1; it stops by itself (--seconds, --messages).
+# The generator runs on CPU 1; it stops by itself (--seconds, --messages). LOG_LEVEL=INFO
+# measures with the per-message session log the daemon writes by default (WARNING otherwise).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 port=$1; workers=$2; cpus=$3; queue=$4; shift 4
 # shellcheck disable=SC2086  # QUEUE may carry serve flags on purpose
 taskset -c "$cpus" .venv/bin/smtpfront serve --workers "$workers" --listen "127.0.0.1:$port" --queue $queue \
-    --no-tls --log-level WARNING > /tmp/smtpfront-cpm.log 2>&1 &
+    --no-tls --log-level "${LOG_LEVEL:-WARNING}" > /tmp/smtpfront-cpm.log 2>&1 &
 master=$!
 trap 'kill $master 2>/dev/null; wait $master 2>/dev/null || true' EXIT
 for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
