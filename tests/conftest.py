@@ -19,6 +19,16 @@ from pathlib import Path
 import pytest
 
 
+def terminate(process: subprocess.Popen[bytes] | subprocess.Popen[str], timeout: float = 10) -> None:
+    """Stop a test's subprocess: SIGTERM, then SIGKILL if it is still there after ``timeout``."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
@@ -68,12 +78,7 @@ class RedisServer:
 
     def stop(self) -> None:
         if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+            terminate(self.process)
             self.process = None
 
 
@@ -145,12 +150,7 @@ class RedisClusterNodes:
     def stop(self, port: int) -> None:
         process = self.processes.pop(port, None)
         if process is not None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+            terminate(process)
 
     def wait_ok(self, port: int) -> None:
         """Until the node says ``cluster_state:ok`` (a restarted master waits ~2 s for that)."""

@@ -26,7 +26,7 @@ from smtpfront.hooks import Hooks, Session
 from smtpfront.server import SMTPServer
 from smtpfront.sink.null import NullSink
 
-from .conftest import free_port
+from .conftest import free_port, terminate
 
 ROOT = Path(__file__).resolve().parent.parent
 PHASES = {"connect", "EHLO", "STARTTLS", "AUTH", "MAIL/RCPT", "DATA→250", "bad: unknown command", "bad: MAIL syntax",
@@ -61,12 +61,7 @@ def serve_null(tmp_path: Path) -> Iterator[int]:
         wait_greeting(port)
         yield port
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        terminate(process)
         log.close()
 
 

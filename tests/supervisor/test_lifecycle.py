@@ -74,6 +74,18 @@ def serving(tmp: Path, port: int, *args: str) -> Iterator[Master]:
             master.proc.wait(timeout=TIMEOUT)
 
 
+@contextlib.contextmanager
+def two_workers_on_redis(redis_server: RedisServer, tmp: Path) -> Iterator[tuple[Master, int, set[int]]]:
+    """A master with two workers on the Redis queue, both listening: (master, port, worker pids)."""
+    port = free_port()
+    args = ("--listen", f"127.0.0.1:{port}", "--queue", redis_server.url, "--workers", "2", "--no-tls",
+            "--graceful-timeout", str(GRACE), "--log-format", "plain")
+    with serving(tmp, port, *args) as master:
+        workers = master.wait_workers(2)
+        wait_until(lambda: listening(workers, port) == workers, "both workers listen", master)
+        yield master, port, workers
+
+
 def _tcp_table() -> list[tuple[int, int, str, int]]:
     """(local port, remote port, state, inode) of each IPv4 TCP socket; state 0A is LISTEN."""
     rows = []
@@ -199,12 +211,7 @@ def _mid_data_client(port: int, outcome: Outcome, mid_data: threading.Barrier, g
 
 
 def test_sigterm_during_50_transactions_loses_nothing(redis_server: RedisServer, tmp_path: Path) -> None:
-    port = free_port()
-    args = ("--listen", f"127.0.0.1:{port}", "--queue", redis_server.url, "--workers", "2", "--no-tls",
-            "--graceful-timeout", str(GRACE), "--log-format", "plain")
-    with serving(tmp_path, port, *args) as master:
-        workers = master.wait_workers(2)
-        wait_until(lambda: listening(workers, port) == workers, "both workers listen", master)
+    with two_workers_on_redis(redis_server, tmp_path) as (master, port, workers):
         idle = smtplib.SMTP("127.0.0.1", port, timeout=TIMEOUT)
         idle.ehlo("idle.test")
         outcomes = [Outcome(_body(i)) for i in range(50)]
@@ -452,12 +459,7 @@ def _sessions_on_both(port: int, workers: set[int], each: int) -> list[tuple[smt
 
 
 def test_a_worker_killed_under_load_costs_only_its_own_sessions(redis_server: RedisServer, tmp_path: Path) -> None:
-    port = free_port()
-    args = ("--listen", f"127.0.0.1:{port}", "--queue", redis_server.url, "--workers", "2", "--no-tls",
-            "--graceful-timeout", str(GRACE), "--log-format", "plain")
-    with serving(tmp_path, port, *args) as master:
-        workers = master.wait_workers(2)
-        wait_until(lambda: listening(workers, port) == workers, "both workers listen", master)
+    with two_workers_on_redis(redis_server, tmp_path) as (master, port, workers):
         sockets = listening_sockets(workers, port)
         stop = threading.Event()
         senders = [Sender(port, smtp, pid, stop) for smtp, pid in _sessions_on_both(port, workers, 3)]
