@@ -11,6 +11,7 @@ prometheus_client is imported inside functions only: it picks its value class wh
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import logging
 import os
@@ -300,23 +301,90 @@ class _Off:
         return self
 
 
+class Held:
+    """A counter's increments held in the process and added in one step by `flush`.
+
+    A multiprocess metric update takes a lock and writes an mmapped file (1-2 us); the
+    per-message metrics are held and flushed once a second (``aio/tally.py``) instead.
+    """
+
+    __slots__ = ("_metric", "_amount")
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._amount = 0.0
+
+    def inc(self, amount: float = 1) -> None:
+        self._amount += amount
+
+    def flush(self) -> None:
+        if self._amount:
+            amount, self._amount = self._amount, 0.0
+            self._metric.inc(amount)
+
+
+class HeldHistogram:
+    """A histogram's observations held in the process: bucket counts and sum, flushed in one step.
+
+    It adds to the histogram's own bucket values (prometheus-client keeps multiprocess buckets
+    non-cumulative, one value per bound, and ``observe`` picks the first bound >= the amount):
+    ``tests/test_metrics.py`` checks that a flush gives exactly what ``observe`` would.
+    """
+
+    __slots__ = ("_metric", "_bounds", "_counts", "_sum")
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._bounds: list[float] = list(metric._upper_bounds)
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        self._counts[bisect.bisect_left(self._bounds, amount)] += 1
+        self._sum += amount
+
+    def flush(self) -> None:
+        counts = self._counts
+        if not any(counts):
+            return
+        self._counts = [0] * len(counts)
+        total, self._sum = self._sum, 0.0
+        self._metric._sum.inc(total)
+        for bucket, n in zip(self._metric._buckets, counts, strict=True):
+            if n:
+                bucket.inc(n)
+
+
 class Instruments:
-    """The metric children the hot path uses, bound once (label lookups are not free)."""
+    """The metric children the hot path uses, bound once (label lookups are not free).
+
+    The per-message ones are `Held`: their updates reach the shared metrics when `flush`
+    runs (once a second while sessions are open, see ``aio/tally.py``).
+    """
 
     def __init__(self) -> None:
         off = _Off()
         m = metrics() if enabled() else None
-        self.connections: Any = m.connections if m else off
+        self._held: list[Held | HeldHistogram] = []
+
+        def held(metric: Any) -> Any:
+            if m is None:
+                return off
+            wrapper = HeldHistogram(metric) if hasattr(metric, "_upper_bounds") else Held(metric)
+            self._held.append(wrapper)
+            return wrapper
+
+        self.connections: Any = held(m.connections) if m else off
         self.active: Any = m.connections_active if m else off
         self.refused_full: Any = m.connections_rejected.labels("max_clients") if m else off
         self.refused_closing: Any = m.connections_rejected.labels("shutting_down") if m else off
-        self.accepted: Any = m.messages.labels("accepted") if m else off
-        self.rejected: Any = m.messages.labels("rejected") if m else off
-        self.tempfailed: Any = m.messages.labels("tempfailed") if m else off
-        self.received_bytes: Any = m.received_bytes if m else off
-        self.message_size: Any = m.message_size if m else off
-        self.queue_write: Any = m.queue_write_seconds if m else off
-        self.dot_to_reply: Any = m.dot_to_reply_seconds if m else off
+        self.accepted: Any = held(m.messages.labels("accepted")) if m else off
+        self.rejected: Any = held(m.messages.labels("rejected")) if m else off
+        self.tempfailed: Any = held(m.messages.labels("tempfailed")) if m else off
+        self.received_bytes: Any = held(m.received_bytes) if m else off
+        self.message_size: Any = held(m.message_size) if m else off
+        self.queue_write: Any = held(m.queue_write_seconds) if m else off
+        self.dot_to_reply: Any = held(m.dot_to_reply_seconds) if m else off
         self.batch_size: Any = m.queue_batch_size if m else off
         self.queue_errors: Any = m.queue_errors if m else off
         self.queue_up: Any = m.queue_up if m else off
@@ -324,11 +392,16 @@ class Instruments:
         self.queue_backlog: Any = m.queue_backlog if m else off
         self.queue_full: Any = m.queue_full if m else off
         self.inflight_bytes: Any = m.inflight_bytes if m else off
-        self.greeting: Any = m.greeting_seconds if m else off
+        self.greeting: Any = held(m.greeting_seconds) if m else off
         self.enabled = m is not None
         self.replies: Any = m.replies if m else off  # families: children are bound by aio/tally.py
         self.commands: Any = m.commands if m else off
         self.sessions: Any = m.sessions if m else off
+
+    def flush(self) -> None:
+        """Add the held per-message updates to the shared metrics."""
+        for wrapper in self._held:
+            wrapper.flush()
 
 
 _instruments: tuple[int, Instruments] | None = None

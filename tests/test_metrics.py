@@ -195,3 +195,46 @@ def test_bind_error_is_clear() -> None:
         shutil.rmtree(d)
     """)
     assert "cannot serve metrics on 127.0.0.1:" in out
+
+
+HELD_SCENARIO = """
+import json
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.multiprocess import MultiProcessCollector
+from smtpfront import metrics as m
+
+m.prepare()
+buckets = (0.001, 0.01, 0.1, 1.0)
+direct = Histogram("direct_seconds", "d", buckets=buckets, registry=None)
+later = Histogram("later_seconds", "l", buckets=buckets, registry=None)
+held = m.HeldHistogram(later)
+count_direct = Counter("direct_things", "d", registry=None)
+count_later = m.Held(Counter("later_things", "l", registry=None))
+values = [0.0005, 0.001, 0.0011, 0.01, 0.5, 1.0, 7.0, 0.0]
+for v in values:
+    direct.observe(v)
+    held.observe(v)
+    count_direct.inc(2)
+    count_later.inc(2)
+registry = CollectorRegistry()
+MultiProcessCollector(registry)
+before = {s.name: s.value for f in registry.collect() for s in f.samples if s.name.startswith("later")}
+held.flush()
+count_later.flush()
+held.flush()  # nothing held: nothing added twice
+registry = CollectorRegistry()
+MultiProcessCollector(registry)
+samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in registry.collect() for s in f.samples}
+print(json.dumps({"before": before, "samples": [[k[0], k[1], v] for k, v in samples.items()]}))
+"""
+
+
+def test_held_metrics_flush_exactly_what_direct_updates_give() -> None:
+    result = run(HELD_SCENARIO)
+    assert not any(result["before"].values())  # nothing reaches the shared files until the flush
+    samples = {(name, tuple(tuple(pair) for pair in labels)): value for name, labels, value in result["samples"]}
+    direct = {(k[0].replace("direct", "x"), k[1]): v for k, v in samples.items() if k[0].startswith("direct")}
+    later = {(k[0].replace("later", "x"), k[1]): v for k, v in samples.items() if k[0].startswith("later")}
+    assert later == direct
+    assert direct[("x_seconds_bucket", (("le", "0.001"),))] == 3  # 0.0, 0.0005, 0.001
+    assert direct[("x_seconds_count", ())] == 8 and direct[("x_things_total", ())] == 16

@@ -106,3 +106,5 @@ class WorkerServer:
         for server in self._servers:
             await server.wait_closed()
         await asyncio.sleep(0)  # let connection_lost callbacks run
+        for state in self._states:
+            state.tally.flush()  # the counts gathered since the last tick (aio/tally.py)

@@ -1,8 +1,11 @@
-"""Command, reply and session counts: from the core's tallies to Prometheus counters.
+"""Per-connection counts and per-message metrics, moved into Prometheus once a second.
 
 Each connection's core counts commands by verb and replies by (verb, class) in plain dicts
-(`ServerConnection.take_counts`); a metric increment costs far more than a dict update, so
-the worker moves the tallies into the counters once a second and when a session ends.
+(`ServerConnection.take_counts`), and the per-message instruments hold their updates
+(`metrics.Held`): a multiprocess metric update takes a lock and writes an mmapped file,
+which per command and per message cost several percent of a worker. `Tally` gathers it all
+and writes it once a second while sessions are open, once more after the last one ends, and
+when the worker stops (`flush`).
 """
 
 from __future__ import annotations
@@ -25,54 +28,70 @@ class _HasConn(Protocol):
 
 
 class Tally:
-    """Moves per-connection tallies into a worker's counters (nothing when metrics are off)."""
+    """Gathers a worker's counts and flushes them to its counters (nothing when metrics are off)."""
 
     def __init__(self, instruments: Instruments) -> None:
         self._m = instruments
-        self._commands: dict[str, Any] = {}
-        self._replies: dict[tuple[str, int], Any] = {}
-        self._sessions: dict[tuple[bool, bool], Any] = {}
+        self._children: dict[object, Any] = {}  # label values -> bound metric child
+        self._commands: dict[str, int] = {}
+        self._replies: dict[tuple[str, int], int] = {}
+        self._sessions: dict[tuple[bool, bool], int] = {}
         self._timer: asyncio.TimerHandle | None = None
 
     def take(self, conn: ServerConnection) -> None:
-        """Add one connection's tallies to the counters."""
-        if not self._m.enabled:
-            return
+        """Add one connection's tallies to what waits for the next flush."""
         commands, replies = conn.take_counts()
+        mine = self._commands
         for verb, n in commands.items():
-            child = self._commands.get(verb)
-            if child is None:
-                child = self._commands[verb] = self._m.commands.labels(verb)
-            child.inc(n)
+            mine[verb] = mine.get(verb, 0) + n
+        held = self._replies
         for key, n in replies.items():
-            child = self._replies.get(key)
-            if child is None:
-                child = self._replies[key] = self._m.replies.labels(key[0], _CLASSES[min(key[1], 5)])
-            child.inc(n)
+            held[key] = held.get(key, 0) + n
 
     def session_ended(self, conn: ServerConnection, tls: bool, auth: bool) -> None:
         """Count a finished session by TLS and AUTH use, with its last tallies."""
         if not self._m.enabled:
             return
         self.take(conn)
-        child = self._sessions.get((tls, auth))
+        key = (tls, auth)
+        self._sessions[key] = self._sessions.get(key, 0) + 1
+
+    def flush(self) -> None:
+        """Write everything gathered to the shared metrics."""
+        m = self._m
+        if not m.enabled:
+            return
+        commands, self._commands = self._commands, {}
+        replies, self._replies = self._replies, {}
+        sessions, self._sessions = self._sessions, {}
+        for verb, n in commands.items():
+            self._child(m.commands, verb).inc(n)
+        for (verb, code_class), n in replies.items():
+            self._child(m.replies, verb, _CLASSES[min(code_class, 5)]).inc(n)
+        for (tls, auth), n in sessions.items():
+            self._child(m.sessions, "yes" if tls else "no", "yes" if auth else "no").inc(n)
+        m.flush()
+
+    def _child(self, family: Any, *labels: str) -> Any:
+        key = (id(family), labels)
+        child = self._children.get(key)
         if child is None:
-            child = self._sessions[tls, auth] = self._m.sessions.labels(
-                "yes" if tls else "no", "yes" if auth else "no")
-        child.inc()
+            child = self._children[key] = family.labels(*labels)
+        return child
 
     def watch(self, connections: Iterable[_HasConn]) -> None:
-        """Flush the open connections' tallies every second while any is open."""
+        """Flush every second while connections are open, and once after the last one ends."""
         if self._timer is not None or not self._m.enabled:
             return
         loop = asyncio.get_running_loop()
 
-        def flush() -> None:
+        def tick() -> None:
             self._timer = None
             live = list(connections)
             for protocol in live:
                 self.take(protocol.conn)
+            self.flush()
             if live:
-                self._timer = loop.call_later(FLUSH_INTERVAL, flush)
+                self._timer = loop.call_later(FLUSH_INTERVAL, tick)
 
-        self._timer = loop.call_later(FLUSH_INTERVAL, flush)
+        self._timer = loop.call_later(FLUSH_INTERVAL, tick)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import smtplib
 import subprocess
+import time
 from pathlib import Path
 
 import yaml
@@ -66,8 +67,13 @@ def test_a_real_scrape_passes_promtool_check_metrics(tmp_path: Path) -> None:
         wait_ready(server, metrics_port, log)
         with smtplib.SMTP("127.0.0.1", port, timeout=TIMEOUT) as smtp:
             smtp.sendmail("alice@example.org", ["bob@example.net"], b"Subject: scrape\r\n\r\nHi.\r\n")
-        status, text = http_get(metrics_port, "/metrics")
-        assert status == 200
+        deadline = time.monotonic() + TIMEOUT  # per-message metrics are written once a second
+        while True:
+            status, text = http_get(metrics_port, "/metrics")
+            assert status == 200
+            if b'smtpfront_messages_total{outcome="accepted"} 1.0' in text or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         assert terminate(server, log) == 0
     assert b'smtpfront_messages_total{outcome="accepted"} 1.0' in text
     done = promtool("check", "metrics", stdin=text)
