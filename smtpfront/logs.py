@@ -39,6 +39,7 @@ _MAX_DEPTH = 8
 _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 _BASE_KEYS = frozenset({"ts", "level", "logger", "msg", "worker", "exc", "stack"})
 _HANDLER_MARK = "_smtpfront_handler"
+_REDACTED_MARK = "_smtpfront_redacted"  # on records whose extra fields SessionLogger already redacted
 
 
 def sanitize(value: bytes | bytearray | memoryview | str, limit: int = 200) -> str:
@@ -142,6 +143,8 @@ class _BaseFormatter(logging.Formatter):
 
     def extras(self, record: logging.LogRecord) -> dict[str, object]:
         fields = {k: v for k, v in record.__dict__.items() if k not in _RESERVED}
+        if fields.pop(_REDACTED_MARK, False):
+            return fields  # redacted once already (_safe_extra): not again per record
         return redact(fields) if fields else fields
 
     def exception_text(self, record: logging.LogRecord) -> str | None:
@@ -197,6 +200,7 @@ def _safe_extra(context: Mapping[str, object], fields: Mapping[str, object]) -> 
     extra = dict(context)
     for key, value in redact(fields).items():
         extra[key + "_" if key in _RESERVED else key] = value
+    extra[_REDACTED_MARK] = True
     return extra
 
 

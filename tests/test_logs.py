@@ -368,3 +368,11 @@ def test_lines_of_one_loop_pass_go_out_in_one_write() -> None:
         logger.propagate, logger.level, logger.handlers[:] = saved[0], saved[1], saved[2]
     messages = [json.loads(line)["msg"] for line in stream.getvalue().splitlines()]
     assert messages == ["one", "two", "three", "four", "five"]
+
+
+def test_session_records_are_redacted_once_and_the_mark_never_shows(out: io.StringIO) -> None:
+    SessionLogger(logging.getLogger("smtpfront.session"), "s1", ("192.0.2.1", 25)).event(
+        "queued", password="hunter2", size=3)
+    (record,) = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert record["password"] == "***" and record["size"] == 3
+    assert not any(key.startswith("_smtpfront") for key in record)
