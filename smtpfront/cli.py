@@ -122,6 +122,10 @@ def serve(args: argparse.Namespace) -> int:
     """Run the pre-fork master: ``workers`` processes, each with its own SO_REUSEPORT sockets."""
     config = _load(args)
     setup_logging(config.logging.level, json=config.logging.format == "json")
+    # The daemon's lines carry no caller, thread or process fields: skip computing them for
+    # every record (the logging docs' "Optimization" flags; a stack walk per line otherwise).
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     try:
         build_sink(config)  # a queue this worker cannot serve fails here, before any fork
     except (SinkError, ValueError) as exc:
