@@ -6,6 +6,8 @@ XCLIENT for a trusted peer) are derived from it when a connection is made.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import ipaddress
 import ssl
 from collections.abc import Iterable
@@ -28,6 +30,13 @@ def parse_networks(specs: Iterable[str]) -> Networks:
         except ValueError:
             raise ValueError(f"not an IP network: {spec!r}") from None
     return tuple(out)
+
+
+@functools.lru_cache(maxsize=64)  # a few combinations per listener; replace() per connection was not free
+def _with_features(f: Features, starttls: bool, xclient: bool, xforward: bool) -> Features:
+    if (f.starttls, f.xclient, f.xforward) == (starttls, xclient, xforward):
+        return f
+    return dataclasses.replace(f, starttls=starttls, xclient=xclient, xforward=xforward)
 
 
 def in_networks(address: str, networks: Networks) -> bool:
@@ -85,12 +94,7 @@ class ListenerSettings:
 
     def features_for(self, client_address: str) -> Features:
         """The features one connection offers: STARTTLS and XCLIENT/XFORWARD depend on it."""
-        from dataclasses import replace
-
-        f = self.features
         starttls = self.tls_context is not None and not self.implicit_tls
         xclient = in_networks(client_address, self.xclient_networks)
         xforward = in_networks(client_address, self.xforward_networks)
-        if (f.starttls, f.xclient, f.xforward) == (starttls, xclient, xforward):
-            return f
-        return replace(f, starttls=starttls, xclient=xclient, xforward=xforward)
+        return _with_features(self.features, starttls, xclient, xforward)
