@@ -28,7 +28,7 @@ from smtpfront.sink.redis_streams import DEFAULT_SHARDS, QueueURL, RedisStreamSi
 from smtpfront.supervisor.worker import build_sink
 
 from ..conftest import RedisClusterNodes, RedisServer, free_port
-from .test_redis_streams import envelope
+from .test_redis_streams import attempt, envelope
 
 STREAM = "smtpfront:inbound"
 SHARDS = 6
@@ -68,18 +68,6 @@ def run_server_and(make: Callable[[], RedisStreamSink], client: Callable[[int], 
             await asyncio.get_running_loop().run_in_executor(None, client, server.port)
 
     asyncio.run(main())
-
-
-def attempt(smtp: smtplib.SMTP, body: bytes) -> tuple[int, str]:
-    """One transaction; the 451 may come at DATA (the queue backing off) or after the dot."""
-    smtp.rset()
-    smtp.mail("alice@example.org")
-    smtp.rcpt("bob@example.net")
-    try:
-        code, reply = smtp.data(body)
-    except smtplib.SMTPDataError as exc:
-        code, reply = exc.smtp_code, exc.smtp_error
-    return code, reply.decode()
 
 
 def split_id(queue_id: str) -> tuple[int, bytes]:
