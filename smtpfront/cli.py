@@ -25,7 +25,7 @@ import socket
 import sys
 from collections.abc import Sequence
 
-from . import metrics
+from . import core, metrics
 from ._version import __version__
 from .config import REDIS_SCHEMES, Config, ConfigError, load_config, parse_address, render
 from .core.data import ACCELERATED
@@ -132,6 +132,12 @@ def serve(args: argparse.Namespace) -> int:
         raise SystemExit(f"smtpfront: --queue: {exc}") from None
     for listener in config.listeners:
         _check_bind(listener.host, listener.port)
+    if not core.compiled():
+        log.warning("the protocol core is not compiled (installed without a C compiler, or with "
+                    "SMTPFRONT_PURE_PYTHON=1): it runs interpreted, about half as fast")
+    elif stale := core.stale_modules():
+        log.warning("compiled core modules are older than their source (%s): reinstall to compile "
+                    "the edits; the old code runs", ", ".join(stale))
     if not ACCELERATED:
         log.warning("smtpfront.core._scan is not built (no C compiler at install): the DATA "
                     "bare-line-ending check runs in Python, about five times slower")
@@ -248,7 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``smtpfront`` command."""
     args = build_parser().parse_args(argv)
     if args.command == "version":
-        print(f"{__version__} (compiled scan: {'yes' if ACCELERATED else 'no'})")
+        print(f"{__version__} (compiled core: {'yes' if core.compiled() else 'no'}, "
+              f"compiled scan: {'yes' if ACCELERATED else 'no'})")
         return 0
     if args.command == "consume":
         setup_logging(args.log_level, json=args.log_format == "json")

@@ -1,1 +1,37 @@
-"""The sans-IO SMTP/LMTP engine: bytes in, events out; replies in, bytes out."""
+"""The sans-IO SMTP/LMTP engine: bytes in, events out; replies in, bytes out.
+
+The same typed Python runs interpreted or compiled by mypyc (``setup.py`` builds the hot
+modules when a C compiler is there); :func:`compiled` says which.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["COMPILED_MODULES", "compiled", "stale_modules"]
+
+#: The modules setup.py compiles: the ones a pipelined transaction runs through (proxy.py
+#: and sasl.py run once per session and stay interpreted).
+COMPILED_MODULES = ("buffer", "commands", "connection", "data", "errors", "events", "grammar", "options",
+                    "replies", "states")
+
+
+def compiled() -> bool:
+    """True when the session code runs compiled (its module was loaded from an extension)."""
+    from . import connection
+
+    return not (connection.__file__ or "").endswith(".py")
+
+
+def stale_modules() -> list[str]:
+    """Compiled modules older than their source: an edit that a reinstall has not compiled yet."""
+    import importlib.util
+
+    # The code is in the group's shared library; each module's own extension is a small shim
+    # that a rebuild leaves alone when nothing about the module's name changed.
+    spec = importlib.util.find_spec(f"{__name__}._compiled__mypyc")
+    if spec is None or not spec.origin:
+        return []
+    built = os.path.getmtime(spec.origin)
+    here = os.path.dirname(__file__)
+    return [name for name in COMPILED_MODULES if os.path.getmtime(os.path.join(here, f"{name}.py")) > built]

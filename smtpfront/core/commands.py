@@ -17,6 +17,8 @@ some non-ASCII letters onto ASCII ones (U+017F LONG S upper-cases to "S").
 
 from __future__ import annotations
 
+from typing import Final
+
 from . import grammar as g
 from .errors import LocalProtocolError
 from .events import Address, MailParams, RcptParams
@@ -30,29 +32,29 @@ __all__ = [
 ]
 
 # Postfix XCLIENT_README ("XCLIENT Command syntax") and XFORWARD_README.
-XCLIENT_ATTRIBUTES = frozenset({"NAME", "ADDR", "PORT", "PROTO", "HELO", "LOGIN", "DESTADDR", "DESTPORT"})
-XFORWARD_ATTRIBUTES = frozenset({"NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE"})
+XCLIENT_ATTRIBUTES: Final = frozenset({"NAME", "ADDR", "PORT", "PROTO", "HELO", "LOGIN", "DESTADDR", "DESTPORT"})
+XFORWARD_ATTRIBUTES: Final = frozenset({"NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE"})
 # Postfix: these values mean "not known" (permanently / for now) and are not xtext-decoded.
-_X_UNAVAILABLE = frozenset({"[UNAVAILABLE]", "[TEMPUNAVAIL]"})
+_X_UNAVAILABLE: Final = frozenset({"[UNAVAILABLE]", "[TEMPUNAVAIL]"})
 
-_MAIL_SYNTAX = Reply(501, "5.5.4", "Syntax: MAIL FROM:<address> [parameters]")
-_RCPT_SYNTAX = Reply(501, "5.5.4", "Syntax: RCPT TO:<address> [parameters]")
-_HELO_SYNTAX = Reply(501, "5.5.4", "Syntax: HELO/EHLO/LHLO domain or address-literal")
-_BDAT_SYNTAX = Reply(501, "5.5.4", "Syntax: BDAT chunk-size [LAST]")
-_AUTH_SYNTAX = Reply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")
-_PARAM_SYNTAX = Reply(501, "5.5.4", "Error: bad parameter syntax")
-_XTEXT_SYNTAX = Reply(501, "5.5.4", "Error: bad xtext encoding")
-_BAD_SENDER = Reply(553, "5.1.7", "Error: bad sender address syntax")
-_BAD_RECIPIENT = Reply(553, "5.1.3", "Error: bad recipient address syntax")
-_NULL_RECIPIENT = Reply(553, "5.1.3", "Error: null recipient address not allowed")
+_MAIL_SYNTAX: Final = Reply(501, "5.5.4", "Syntax: MAIL FROM:<address> [parameters]")
+_RCPT_SYNTAX: Final = Reply(501, "5.5.4", "Syntax: RCPT TO:<address> [parameters]")
+_HELO_SYNTAX: Final = Reply(501, "5.5.4", "Syntax: HELO/EHLO/LHLO domain or address-literal")
+_BDAT_SYNTAX: Final = Reply(501, "5.5.4", "Syntax: BDAT chunk-size [LAST]")
+_AUTH_SYNTAX: Final = Reply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")
+_PARAM_SYNTAX: Final = Reply(501, "5.5.4", "Error: bad parameter syntax")
+_XTEXT_SYNTAX: Final = Reply(501, "5.5.4", "Error: bad xtext encoding")
+_BAD_SENDER: Final = Reply(553, "5.1.7", "Error: bad sender address syntax")
+_BAD_RECIPIENT: Final = Reply(553, "5.1.3", "Error: bad recipient address syntax")
+_NULL_RECIPIENT: Final = Reply(553, "5.1.3", "Error: null recipient address not allowed")
 
-_NULL_ADDRESS = Address("", "")
-_NO_MAIL_PARAMS = MailParams()
-_NO_RCPT_PARAMS = RcptParams()
+_NULL_ADDRESS: Final = Address("", "")
+_NO_MAIL_PARAMS: Final = MailParams()
+_NO_RCPT_PARAMS: Final = RcptParams()
 
 # RFC 3461 §4.4: an ENVID is at most 100 characters (measured here as sent, in xtext).
-_MAX_ENVID = 100
-_NOTIFY_ITEMS = frozenset({"SUCCESS", "FAILURE", "DELAY"})
+_MAX_ENVID: Final = 100
+_NOTIFY_ITEMS: Final = frozenset({"SUCCESS", "FAILURE", "DELAY"})
 
 # MAIL parameters (RFC 5321 §4.1.2 Mail-parameters) and the Features field that offers
 # each one; None means always accepted (BODY's values are checked one by one).
@@ -305,7 +307,7 @@ def _parse_rcpt_full(arg: str, features: Features, smtputf8: bool) -> tuple[Addr
     return _mailbox(content, _BAD_RECIPIENT), params
 
 
-_RCPT_KEYWORDS = frozenset({"NOTIFY", "ORCPT"})
+_RCPT_KEYWORDS: Final = frozenset({"NOTIFY", "ORCPT"})
 
 
 def _rcpt_params(rest: str, features: Features, smtputf8: bool) -> RcptParams:

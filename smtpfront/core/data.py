@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 import re
 from collections.abc import Callable
-from typing import Literal
+from typing import Final, Literal
 
 from .options import LineEndingPolicy
 from .replies import BARE_LINE_ENDING_IN_DATA, MESSAGE_TOO_BIG, TEXT_LINE_TOO_LONG, Reply
@@ -26,7 +26,7 @@ from .replies import BARE_LINE_ENDING_IN_DATA, MESSAGE_TOO_BIG, TEXT_LINE_TOO_LO
 __all__ = ["ACCELERATED", "DataStreamer"]
 
 # A CR not followed by LF, or an LF not preceded by CR (RFC 5321 §2.3.8).
-_BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+_BARE: Final = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 _CR, _LF, _DOT = 0x0D, 0x0A, 0x2E
 
 
@@ -44,7 +44,7 @@ def _has_bare_ending_py(region: bytes | bytearray | memoryview) -> bool:
     return len(t) - len(j) not in (0, 2) or not t.startswith(j)
 
 
-_DOT_LINE_START = re.compile(rb"\r\n\.")
+_DOT_LINE_START: Final = re.compile(rb"\r\n\.")
 
 
 def _find_dot_line_py(data: bytes | bytearray | memoryview, start: int) -> int:

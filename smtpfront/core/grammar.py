@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from typing import Final
 
 __all__ = [
     "ATOM", "DOT_STRING", "DOT_STRING_UTF8", "QUOTED_STRING", "QUOTED_STRING_UTF8",
@@ -66,7 +67,7 @@ _SUB_DOMAIN_UTF8 = rf"[{_LET_DIG_UTF8}](?:[{_LET_DIG_UTF8}-]*+(?<!-))?+"
 _DOMAIN = rf"{_SUB_DOMAIN}(?:\.{_SUB_DOMAIN})*+"
 _DOMAIN_UTF8 = rf"{_SUB_DOMAIN_UTF8}(?:\.{_SUB_DOMAIN_UTF8})*+"
 # RFC 5321 §4.5.3.1.2: a domain name is at most 255 octets.
-MAX_DOMAIN_LENGTH = 255
+MAX_DOMAIN_LENGTH: Final = 255
 
 # -- Source routes (RFC 5321 §4.1.2; accepted and ignored per §4.1.1.3 and Appendix C) --
 # At-domain = "@" Domain
@@ -149,32 +150,32 @@ _BASE64 = rf"(?=.)(?:{_B64}{{4}})*(?:{_B64}{{2}}==|{_B64}{{3}}=)?"
 _BDAT_ARGS = r"([0-9]{1,18})(?: ([Ll][Aa][Ss][Tt]))?"
 
 # -- compiled ----------------------------------------------------------------------
-ATOM = re.compile(_ATOM)
-DOT_STRING = re.compile(_DOT_STRING)
-DOT_STRING_UTF8 = re.compile(_DOT_STRING_UTF8)
-QUOTED_STRING = re.compile(_QUOTED_STRING)
-QUOTED_STRING_UTF8 = re.compile(_QUOTED_STRING_UTF8)
-DOMAIN = re.compile(_DOMAIN)
-DOMAIN_UTF8 = re.compile(_DOMAIN_UTF8)
-ADL = re.compile(_ADL)
-ADL_UTF8 = re.compile(_ADL_UTF8)
-IPV4_ADDRESS_LITERAL = re.compile(_IPV4_ADDRESS_LITERAL)
-IPV6_ADDRESS_LITERAL = re.compile(_IPV6_ADDRESS_LITERAL)
-GENERAL_ADDRESS_LITERAL = re.compile(_GENERAL_ADDRESS_LITERAL)
-PATH_TOKEN = re.compile(_PATH_TOKEN)
-MAIL_FAST = re.compile(_MAIL_FAST)
-RCPT_FAST = re.compile(_RCPT_FAST)
-HELO_NAME = re.compile(_HELO_NAME)
-ESMTP_KEYWORD = re.compile(_ESMTP_KEYWORD)
-ESMTP_VALUE = re.compile(_ESMTP_VALUE)
-ESMTP_VALUE_UTF8 = re.compile(_ESMTP_VALUE_UTF8)
-SIZE_VALUE = re.compile(_SIZE_VALUE)
-XTEXT = re.compile(_XTEXT)
-XTEXT_UTF8 = re.compile(_XTEXT_UTF8)
-XCHARS = re.compile(rf"[{_XCHAR}]*")  # xtext that needs no "+XX": the encoder's fast path
-SASL_MECH = re.compile(_SASL_MECH)
-BASE64 = re.compile(_BASE64)
-BDAT_ARGS = re.compile(_BDAT_ARGS)
+ATOM: Final = re.compile(_ATOM)
+DOT_STRING: Final = re.compile(_DOT_STRING)
+DOT_STRING_UTF8: Final = re.compile(_DOT_STRING_UTF8)
+QUOTED_STRING: Final = re.compile(_QUOTED_STRING)
+QUOTED_STRING_UTF8: Final = re.compile(_QUOTED_STRING_UTF8)
+DOMAIN: Final = re.compile(_DOMAIN)
+DOMAIN_UTF8: Final = re.compile(_DOMAIN_UTF8)
+ADL: Final = re.compile(_ADL)
+ADL_UTF8: Final = re.compile(_ADL_UTF8)
+IPV4_ADDRESS_LITERAL: Final = re.compile(_IPV4_ADDRESS_LITERAL)
+IPV6_ADDRESS_LITERAL: Final = re.compile(_IPV6_ADDRESS_LITERAL)
+GENERAL_ADDRESS_LITERAL: Final = re.compile(_GENERAL_ADDRESS_LITERAL)
+PATH_TOKEN: Final = re.compile(_PATH_TOKEN)
+MAIL_FAST: Final = re.compile(_MAIL_FAST)
+RCPT_FAST: Final = re.compile(_RCPT_FAST)
+HELO_NAME: Final = re.compile(_HELO_NAME)
+ESMTP_KEYWORD: Final = re.compile(_ESMTP_KEYWORD)
+ESMTP_VALUE: Final = re.compile(_ESMTP_VALUE)
+ESMTP_VALUE_UTF8: Final = re.compile(_ESMTP_VALUE_UTF8)
+SIZE_VALUE: Final = re.compile(_SIZE_VALUE)
+XTEXT: Final = re.compile(_XTEXT)
+XTEXT_UTF8: Final = re.compile(_XTEXT_UTF8)
+XCHARS: Final = re.compile(rf"[{_XCHAR}]*")  # xtext that needs no "+XX": the encoder's fast path
+SASL_MECH: Final = re.compile(_SASL_MECH)
+BASE64: Final = re.compile(_BASE64)
+BDAT_ARGS: Final = re.compile(_BDAT_ARGS)
 
 
 def is_address_literal(text: str) -> bool:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Final
 
 from . import replies as R
 from .replies import Reply
@@ -55,19 +56,19 @@ class State(enum.IntEnum):
 class Flag:
     """Per-command flags (Postfix smtpd.c ``SMTPD_CMD_FLAG_*``), plain ints for speed."""
 
-    NONE = 0
+    NONE: Final = 0
     # RFC 2920 §3.1: may only be the last command of a pipelined group.
-    LAST = 1 << 0
+    LAST: Final = 1 << 0
     # Refused before TLS when the listener requires TLS (Postfix: not PRE_TLS).
-    NEEDS_TLS = 1 << 1
+    NEEDS_TLS: Final = 1 << 1
     # Refused before AUTH when the listener requires authentication (submission).
-    NEEDS_AUTH = 1 << 2
+    NEEDS_AUTH: Final = 1 << 2
     # The line may be as long as an AUTH line (RFC 4954 §4: 12288 octets).
-    LONG_LINE = 1 << 3
+    LONG_LINE: Final = 1 << 3
     # The line may carry ESMTP parameters (RFC 1869 §3 extends the 512-octet limit).
-    PARAM_LINE = 1 << 4
+    PARAM_LINE: Final = 1 << 4
     # XCLIENT/XFORWARD lines (Postfix allows 2048 octets).
-    X_LINE = 1 << 5
+    X_LINE: Final = 1 << 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,12 +92,12 @@ class Command:
 
 _S = State
 # States in which a command line (not body, not SASL) is read.
-COMMAND_STATES = frozenset({_S.INIT, _S.IDLE, _S.MAIL, _S.RCPT, _S.BDAT_WAIT})
+COMMAND_STATES: Final = frozenset({_S.INIT, _S.IDLE, _S.MAIL, _S.RCPT, _S.BDAT_WAIT})
 # States inside a mail transaction (RFC 5321 §3.3).
-TRANSACTION = frozenset({_S.MAIL, _S.RCPT, _S.BDAT_WAIT})
-_GREETED = COMMAND_STATES
-_HELLOED = frozenset({_S.IDLE, _S.MAIL, _S.RCPT, _S.BDAT_WAIT})
-_OUTSIDE_TRANSACTION = frozenset({_S.INIT, _S.IDLE})
+TRANSACTION: Final = frozenset({_S.MAIL, _S.RCPT, _S.BDAT_WAIT})
+_GREETED: Final = COMMAND_STATES
+_HELLOED: Final = frozenset({_S.IDLE, _S.MAIL, _S.RCPT, _S.BDAT_WAIT})
+_OUTSIDE_TRANSACTION: Final = frozenset({_S.INIT, _S.IDLE})
 _NO_HELO = {_S.INIT: R.NEED_HELO}
 
 _IN_TRANSACTION = R.Reply(503, "5.5.1", "Error: MAIL transaction in progress")
@@ -150,11 +151,11 @@ _TABLE = (
     ),
 )
 
-COMMANDS: dict[bytes, Command] = {c.verb.encode(): c for c in _TABLE}
+COMMANDS: Final[dict[bytes, Command]] = {c.verb.encode(): c for c in _TABLE}
 
 # Where the session goes after the reply that ends a message (DATA end, BDAT LAST):
 # RFC 5321 §4.1.1.4 — accepted or not, the transaction is over.
-AFTER_MESSAGE = State.IDLE
+AFTER_MESSAGE: Final = State.IDLE
 # After a positive reply to a non-LAST BDAT chunk (RFC 3030 §2); a negative reply ends
 # the transaction (AFTER_MESSAGE) and later chunks are consumed and refused.
-AFTER_CHUNK = State.BDAT_WAIT
+AFTER_CHUNK: Final = State.BDAT_WAIT

@@ -1,0 +1,61 @@
+"""The core runs compiled in CI, and the same source passes this folder's tests interpreted.
+
+``setup.py`` compiles the core's hot modules with mypyc when a C compiler is there; CI has
+one, so a build that silently fell back to Python must fail here. The interpreted core is
+what an install without a compiler runs: the second test runs this whole folder against a
+copy of the core's ``.py`` files alone, in a subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import smtpfront.core as core
+
+# Set by the interpreted run below: the checks turn around (that run must not be compiled).
+EXPECT_PURE = os.environ.get("SMTPFRONT_EXPECT_PURE") == "1"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_listed_module_is_compiled() -> None:
+    import importlib
+
+    for name in core.COMPILED_MODULES:
+        module = importlib.import_module(f"smtpfront.core.{name}")
+        interpreted = (module.__file__ or "").endswith(".py")
+        if EXPECT_PURE:
+            assert interpreted, f"{module.__file__}: the interpreted run loaded a compiled module"
+        else:
+            assert not interpreted, f"{name} is not compiled: pip install -e . with a C compiler (setup.py)"
+    assert core.compiled() is not EXPECT_PURE
+
+
+def test_compiled_modules_are_current() -> None:
+    # An edit that was not compiled yet would leave the old code running under the new tests.
+    assert core.stale_modules() == [], "reinstall (pip install -e . or bash tests/run.sh) to compile the edits"
+
+
+@pytest.mark.skipif(EXPECT_PURE, reason="this is the interpreted run itself")
+def test_the_interpreted_core_passes_the_core_tests(tmp_path: Path) -> None:
+    # A tree holding only sources: an empty top package (the real one imports the server),
+    # the core's .py files, and this test folder. Its own root, so nothing compiled is found.
+    package = tmp_path / "smtpfront"
+    shutil.copytree(ROOT / "smtpfront" / "core", package / "core", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    (package / "__init__.py").write_text('"""The core alone, interpreted."""\n')
+    shutil.copytree(ROOT / "tests" / "core", tmp_path / "tests" / "core", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "tests" / "__init__.py").write_text("")
+    env = {**os.environ, "SMTPFRONT_EXPECT_PURE": "1", "PYTHONPATH": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-P", "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "--rootdir", str(tmp_path),
+         "tests/core"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    tail = (result.stdout + result.stderr)[-3000:]
+    assert result.returncode == 0, tail
+    assert " passed" in tail and " failed" not in tail, tail
