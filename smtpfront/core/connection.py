@@ -89,7 +89,10 @@ PAUSED: Final = Sentinel("PAUSED")
 
 _FEATURES, _LIMITS, _POLICIES = Features(), Limits(), Policies()
 _BODY: Final = Command("<body>", frozenset(), None)  # the reply awaited after a body ends
-_LAST, _NEEDS_TLS, _NEEDS_AUTH = Flag.LAST, Flag.NEEDS_TLS, Flag.NEEDS_AUTH  # module names: no class lookup per command
+# Module names: no class lookup per command when interpreted; constants when compiled.
+_LAST: Final = Flag.LAST
+_NEEDS_TLS: Final = Flag.NEEDS_TLS
+_NEEDS_AUTH: Final = Flag.NEEDS_AUTH
 _SECRET: Final = Command("<secret>", frozenset(), None)  # SCRAM waits for supply_scram_secret
 _AUTH_NOT_OFFERED: Final = Reply(503, "5.5.1", "Error: AUTH requires EHLO")
 _AUTH_NEEDS_TLS: Final = Reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
@@ -325,13 +328,20 @@ class ServerConnection:
             return NEED_DATA
         if line is None:
             return NEED_DATA
-        raw = bytes(line)
-        n = len(raw)
+        n = len(line)  # octets: the limits count octets, not characters
         self._verb = ""
-        if n < 2 or raw[-2] != 13 or raw.count(b"\r") != 1:  # RFC 5321 §2.3.8: CRLF only
+        bad_utf8 = False
+        try:
+            text = str(line, "ascii")  # the usual line: one decode, then str operations
+        except UnicodeDecodeError:
+            text, bad_utf8 = _decode_line(line)
+        if not text.endswith("\r\n") or text.count("\r") != 1:  # RFC 5321 §2.3.8: CRLF only
             raise LocalProtocolError(R.BARE_LINE_ENDING)
-        sp = raw.find(b" ")
-        command = COMMANDS.get((raw[:-2] if sp < 0 else raw[:sp]).upper())
+        sp = text.find(" ")
+        word = text[: len(text) - 2] if sp < 0 else text[:sp]
+        command = COMMANDS.get(word)
+        if command is None and word.isascii():  # verbs are case-insensitive ASCII
+            command = COMMANDS.get(word.upper())
         counts = self.command_counts
         if command is None:
             counts["UNKNOWN"] = counts.get("UNKNOWN", 0) + 1
@@ -342,7 +352,7 @@ class ServerConnection:
             raise LocalProtocolError(R.NOT_IMPLEMENTED)
         if n > self._line_limits[verb]:
             raise LocalProtocolError(R.LINE_TOO_LONG)
-        arg = b"" if sp < 0 else raw[sp + 1 : -2]
+        arg = "" if sp < 0 else text[sp + 1 : len(text) - 2]
         if verb == "BDAT":  # a refused chunk must still be consumed (RFC 3030 §2)
             return self._bdat(arg)
         state = self.state
@@ -357,11 +367,9 @@ class ServerConnection:
             raise LocalProtocolError(R.TLS_REQUIRED)
         if self.require_auth and flags & _NEEDS_AUTH and not self.authenticated:
             raise LocalProtocolError(R.AUTH_REQUIRED)
-        try:
-            text = arg.decode("ascii") if arg.isascii() else arg.decode("utf-8")
-        except UnicodeDecodeError:
-            raise LocalProtocolError(_BAD_UTF8) from None
-        event = self._handle(verb, text)
+        if bad_utf8:
+            raise LocalProtocolError(_BAD_UTF8)
+        event = self._handle(verb, arg)
         if event is not None and self._awaiting is None:
             self._awaiting = command
         return event
@@ -510,7 +518,7 @@ class ServerConnection:
             return AuthSecretNeeded(self._mechanism.name if self._mechanism else "", step.username)
         assert isinstance(step, Done)
         self._end_sasl()
-        self._awaiting = COMMANDS[b"AUTH"]
+        self._awaiting = COMMANDS["AUTH"]
         return AuthCredentials(step.credentials)
 
     def _end_sasl(self) -> None:
@@ -528,14 +536,14 @@ class ServerConnection:
 
     # -- bodies -------------------------------------------------------------------
 
-    def _bdat(self, arg: bytes) -> Event | None:
+    def _bdat(self, arg: str) -> Event | None:
         try:
-            size, last = C.parse_bdat(arg.decode("ascii", "replace"))
+            size, last = C.parse_bdat(arg)
         except LocalProtocolError as exc:  # without a size the stream cannot be resynchronised
             raise LocalProtocolError(exc.reply, fatal=True) from None
         refusal: Reply | None = None
         state = self.state
-        command = COMMANDS[b"BDAT"]
+        command = COMMANDS["BDAT"]
         if not self.features.chunking:
             refusal = _BDAT_NOT_OFFERED
         elif state not in command.allowed:
@@ -811,6 +819,19 @@ class ServerConnection:
         if self.features.lmtp:
             banner = banner.replace("ESMTP", "LMTP")
         return Reply(220, None, f"{self.hostname} {banner}")
+
+
+def _decode_line(line: memoryview) -> tuple[str, bool]:
+    """A line that is not ASCII, as text: UTF-8 (RFC 6531), else with the bad octets escaped.
+
+    Returns the text and whether it was invalid UTF-8 (refused once the verb is known:
+    an unknown verb is refused as unknown first, as it always was).
+    """
+    raw = bytes(line)
+    try:
+        return raw.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "surrogateescape"), True
 
 
 @functools.lru_cache(maxsize=16)

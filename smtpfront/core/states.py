@@ -151,7 +151,7 @@ _TABLE = (
     ),
 )
 
-COMMANDS: Final[dict[bytes, Command]] = {c.verb.encode(): c for c in _TABLE}
+COMMANDS: Final[dict[str, Command]] = {c.verb: c for c in _TABLE}
 
 # Where the session goes after the reply that ends a message (DATA end, BDAT LAST):
 # RFC 5321 §4.1.1.4 — accepted or not, the transaction is over.
