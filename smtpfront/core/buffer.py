@@ -3,7 +3,8 @@
 An asyncio ``BufferedProtocol`` reads straight into :meth:`ReceiveBuffer.writable` and
 reports the count with :meth:`ReceiveBuffer.commit`. Lines are found with ``find`` from a
 remembered offset, so no byte is searched twice (h11's ``ReceiveBuffer`` rule: O(n) in the
-worst case). Room is made by moving the unread bytes to the front (:meth:`compact`).
+worst case), and a complete line is copied out once. Room is made by moving the unread
+bytes to the front (:meth:`compact`).
 
 The buffer starts small (4 KiB: an idle session costs little) and doubles, up to its
 ``size``, each time a read filled all the room it had (a body is streaming in). A
@@ -14,7 +15,22 @@ alive until they are released.
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
+
 __all__ = ["ReceiveBuffer", "LineTooLong"]
+
+
+def _find_lf_py(buf: bytearray, start: int, end: int) -> int:
+    """The index of the first LF in ``buf[start:end]``, or -1."""
+    return buf.find(b"\n", start, end)
+
+
+_find_lf: Callable[[bytearray, int, int], int]
+try:  # the same call in C, without bytearray.find's method lookup and argument parsing
+    _find_lf = importlib.import_module("smtpfront.core._scan").find_lf
+except ImportError:  # built without a C compiler (data.ACCELERATED says so)
+    _find_lf = _find_lf_py
 
 
 class LineTooLong(Exception):
@@ -130,8 +146,8 @@ class ReceiveBuffer:
             self._search = self.start
         return self._view[start : start + n]
 
-    def next_line(self, max_len: int) -> memoryview | None:
-        """The next LF-terminated line (terminator included), or None if incomplete.
+    def next_line(self, max_len: int) -> bytearray | None:
+        """A copy of the next LF-terminated line (terminator included), or None if incomplete.
 
         Raises:
             LineTooLong: the line (complete or not) exceeds ``max_len`` octets. A
@@ -139,7 +155,7 @@ class ReceiveBuffer:
         """
         start = self.start
         search = self._search if self._search > start else start
-        i = self._buf.find(b"\n", search, self.end)
+        i = _find_lf(self._buf, search, self.end)
         if i < 0:
             self._search = self.end
             if self.end - start > max_len:
@@ -148,7 +164,7 @@ class ReceiveBuffer:
         self.start = self._search = i + 1
         if i + 1 - start > max_len:
             raise LineTooLong(i + 1 - start, complete=True)
-        return self._view[start : i + 1]
+        return self._buf[start : i + 1]
 
     def skip_line(self) -> bool:
         """Discard through the next LF; True if one was found, else everything is dropped."""

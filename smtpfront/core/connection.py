@@ -156,9 +156,10 @@ class ServerConnection:
         self._sasl_nonce = sasl_nonce
         self._out: list[bytes] = []
         # Tallies for the adapter's metrics, taken with take_counts(): commands by verb,
-        # replies by (verb answered, code // 100). A dict update costs less than a metric.
+        # replies by verb answered, one counter per reply class (code // 100, 0-5; no key
+        # tuple built per reply). A dict update costs less than a metric.
         self.command_counts: dict[str, int] = {}
-        self.reply_counts: dict[tuple[str, int], int] = {}
+        self._reply_counts: dict[str, list[int]] = {}
         self._events: deque[Event] = deque()
         self._awaiting: Command | None = None
         self._pending: object = None  # what a positive reply to the awaited command applies
@@ -332,7 +333,7 @@ class ServerConnection:
         self._verb = ""
         bad_utf8 = False
         try:
-            text = str(line, "ascii")  # the usual line: one decode, then str operations
+            text = line.decode("ascii")  # the usual line: one decode, then str operations
         except UnicodeDecodeError:
             text, bad_utf8 = _decode_line(line)
         if not text.endswith("\r\n") or text.count("\r") != 1:  # RFC 5321 §2.3.8: CRLF only
@@ -493,8 +494,7 @@ class ServerConnection:
             raise LocalProtocolError(R.AUTH_LINE_TOO_LONG) from None
         if line is None:
             return NEED_DATA
-        raw = bytes(line)
-        text = raw.rstrip(b"\r\n").decode("ascii", "replace")
+        text = line.rstrip(b"\r\n").decode("ascii", "replace")
         return self._sasl_step(lambda mechanism: mechanism.respond(text))
 
     def _sasl_step(self, advance: Callable[[Mechanism], Step]) -> Event | None:
@@ -634,11 +634,10 @@ class ServerConnection:
         # _queue, inlined: this is the hot path of every reply.
         self._out.append(reply._wire if self._enhanced else reply._wire_plain)
         if command is not None:
-            key = (self._verb if command is not _SECRET else "AUTH", code // 100)
+            verb = self._verb if command is not _SECRET else "AUTH"
         else:
-            key = ("CONNECT" if self.state is _CONNECTED else "NONE", code // 100)
-        tally = self.reply_counts
-        tally[key] = tally.get(key, 0) + 1
+            verb = "CONNECT" if self.state is _CONNECTED else "NONE"
+        self._count_reply(verb, code)
         if code == 421:
             self._close()
             return
@@ -731,15 +730,21 @@ class ServerConnection:
     def _queue(self, verb: str, reply: Reply) -> None:
         """Queue a reply for the wire and count it under the verb it answers."""
         self._out.append(reply.encode(self._enhanced))
-        key = (verb, reply.code // 100)
-        tally = self.reply_counts
-        tally[key] = tally.get(key, 0) + 1
+        self._count_reply(verb, reply.code)
+
+    def _count_reply(self, verb: str, code: int) -> None:
+        row = self._reply_counts.get(verb)
+        if row is None:
+            row = self._reply_counts[verb] = [0, 0, 0, 0, 0, 0]
+        row[code // 100] += 1
 
     def take_counts(self) -> tuple[dict[str, int], dict[tuple[str, int], int]]:
-        """The command and reply tallies since the last call; the connection starts new ones."""
-        taken = self.command_counts, self.reply_counts
-        self.command_counts, self.reply_counts = {}, {}
-        return taken
+        """The tallies since the last call: commands by verb, replies by (verb answered,
+        code // 100). The connection starts new ones."""
+        commands, rows = self.command_counts, self._reply_counts
+        self.command_counts, self._reply_counts = {}, {}
+        replies = {(verb, cls): n for verb, row in rows.items() for cls, n in enumerate(row) if n}
+        return commands, replies
 
     def data_to_send(self) -> bytes:
         """Everything queued for the wire since the last call, as one write."""
@@ -821,17 +826,16 @@ class ServerConnection:
         return Reply(220, None, f"{self.hostname} {banner}")
 
 
-def _decode_line(line: memoryview) -> tuple[str, bool]:
+def _decode_line(line: bytearray) -> tuple[str, bool]:
     """A line that is not ASCII, as text: UTF-8 (RFC 6531), else with the bad octets escaped.
 
     Returns the text and whether it was invalid UTF-8 (refused once the verb is known:
     an unknown verb is refused as unknown first, as it always was).
     """
-    raw = bytes(line)
     try:
-        return raw.decode("utf-8"), False
+        return line.decode("utf-8"), False
     except UnicodeDecodeError:
-        return raw.decode("utf-8", "surrogateescape"), True
+        return line.decode("utf-8", "surrogateescape"), True
 
 
 @functools.lru_cache(maxsize=16)

@@ -201,6 +201,18 @@ def test_buffer_lines_and_compaction() -> None:
     assert (buf.start, buf.end) == (0, 10) and bytes(buf.view()) == b"x" * 10
 
 
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=64).map(lambda b: b.replace(b"x", b"\n")),
+       st.integers(min_value=0, max_value=70), st.integers(min_value=0, max_value=70))
+def test_compiled_and_python_line_searches_agree(data: bytes, start: int, end: int) -> None:
+    from smtpfront.core import buffer
+
+    buf = bytearray(data)
+    expected = buf.find(b"\n", start, end)
+    assert buffer._find_lf(buf, start, end) == expected
+    assert buffer._find_lf_py(buf, start, end) == expected
+
+
 @pytest.mark.parametrize(("length", "raises"), [(511, False), (512, False), (513, True)])
 def test_buffer_line_limit(length: int, raises: bool) -> None:
     buf = ReceiveBuffer(2048)
