@@ -36,6 +36,7 @@ from .events import (
     Helo,
     Help,
     MailFrom,
+    MailParams,
     Noop,
     ProxyHeader,
     Quit,
@@ -162,7 +163,9 @@ class ServerConnection:
         self._reply_counts: dict[str, list[int]] = {}
         self._events: deque[Event] = deque()
         self._awaiting: Command | None = None
-        self._pending: object = None  # what a positive reply to the awaited command applies
+        # What a positive reply to the awaited HELO/EHLO/LHLO or MAIL applies.
+        self._pending_hello: tuple[str, bool] = ("", False)
+        self._pending_mail = MailParams()
         self._enhanced = False
         self._eof = False
         self._early_talk = False
@@ -411,12 +414,12 @@ class ServerConnection:
             raise LocalProtocolError(_WRONG_HELLO)
         name = C.parse_helo(text)
         esmtp = self._verb != "HELO"
-        self._pending = (name, esmtp)
+        self._pending_hello = (name, esmtp)
         return Helo(self._verb, name, esmtp)
 
     def _mail(self, text: str) -> Event:
         address, params = C.parse_mail(text, self.features, self.limits)
-        self._pending = params
+        self._pending_mail = params
         return MailFrom(address, params)
 
     def _rcpt(self, text: str) -> Event:
@@ -668,15 +671,14 @@ class ServerConnection:
     def _apply(self, command: Command) -> None:
         verb = command.verb
         if verb in ("HELO", "EHLO", "LHLO"):
-            assert isinstance(self._pending, tuple)
-            name, esmtp = self._pending
-            self.helo, self.esmtp = str(name), bool(esmtp)
+            name, esmtp = self._pending_hello
+            self.helo, self.esmtp = name, esmtp
             self._enhanced = esmtp and self.features.enhancedstatuscodes
             self._reset_transaction()
         elif verb == "MAIL":
-            params = self._pending
-            self._smtputf8 = bool(getattr(params, "smtputf8", False))
-            self._binarymime = getattr(params, "body", None) == "BINARYMIME"
+            params = self._pending_mail
+            self._smtputf8 = params.smtputf8
+            self._binarymime = params.body == "BINARYMIME"
         elif verb == "RCPT":
             self._rcpt_count += 1
         elif verb == "DATA":
