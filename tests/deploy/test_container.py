@@ -77,7 +77,7 @@ def test_the_build_stage_copies_what_the_package_build_reads() -> None:
         assert (REPO / source).exists(), source
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
     version_module = project["tool"]["setuptools"]["dynamic"]["version"]["attr"].split(".")[0]
-    assert {"pyproject.toml", project["project"]["readme"], version_module} <= copied
+    assert {"pyproject.toml", "setup.py", project["project"]["readme"], version_module} <= copied
     packages = project["tool"]["setuptools"]["packages"]["find"]["include"]
     assert all(pattern.rstrip("*") in copied for pattern in packages)
 
