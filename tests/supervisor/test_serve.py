@@ -307,11 +307,19 @@ def test_metrics_and_health_endpoints(serve: type[Serve]) -> None:
         return {(s.name, tuple(sorted(s.labels.items()))): s.value
                 for family in text_string_to_metric_families(text) for s in family.samples}
 
+    # A session is counted when its connection is gone; per-message and per-command tallies
+    # reach the registry when the worker flushes them (once a second): wait for all of them.
+    settled = {
+        ("smtpfront_sessions_total", (("auth", "no"), ("tls", "no"))): 3,
+        ("smtpfront_messages_total", (("outcome", "accepted"),)): 3,
+        ("smtpfront_message_size_bytes_count", ()): 3,
+        ("smtpfront_commands_total", (("verb", "MAIL"),)): 3,
+        ("smtpfront_replies_total", (("class", "2xx"), ("verb", "DATA"))): 3,
+    }
     samples = scrape()
     deadline = time.monotonic() + TIMEOUT
-    while samples.get(("smtpfront_sessions_total", (("auth", "no"), ("tls", "no"))), 0) < 3:
-        # A session is counted when its connection is gone.
-        assert time.monotonic() < deadline, {k: v for k, v in samples.items() if "sessions" in k[0]}
+    while any(samples.get(key, 0) < n for key, n in settled.items()):
+        assert time.monotonic() < deadline, {key: samples.get(key) for key in settled}
         time.sleep(0.05)
         samples = scrape()
     assert samples[("smtpfront_messages_total", (("outcome", "accepted"),))] == 3  # summed over both workers
