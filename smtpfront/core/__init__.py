@@ -24,7 +24,8 @@ def compiled() -> bool:
 
 
 def stale_modules() -> list[str]:
-    """Compiled modules older than their source: an edit that a reinstall has not compiled yet."""
+    """In a checkout, the compiled modules older than their source: an edit that a reinstall
+    has not compiled yet (the old code runs until then)."""
     import importlib.util
 
     # The code is in the group's shared library; each module's own extension is a small shim
@@ -32,6 +33,8 @@ def stale_modules() -> list[str]:
     spec = importlib.util.find_spec(f"{__name__}._compiled__mypyc")
     if spec is None or not spec.origin:
         return []
-    built = os.path.getmtime(spec.origin)
     here = os.path.dirname(__file__)
+    if not os.path.exists(os.path.join(here, os.pardir, os.pardir, "setup.py")):
+        return []  # an installed copy, not a checkout: pip writes its files in any order
+    built = os.path.getmtime(spec.origin)
     return [name for name in COMPILED_MODULES if os.path.getmtime(os.path.join(here, f"{name}.py")) > built]
