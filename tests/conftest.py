@@ -93,11 +93,24 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         server.stop()
 
 
+def _ephemeral_low() -> int:
+    """The first port the kernel hands out to outgoing connections (32768 by default)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_cluster_port() -> int:
-    """A loopback port P that is free together with P + 10000 (Redis Cluster's bus port)."""
+    """A loopback port P that is free together with P + 10000 (Redis Cluster's bus port).
+
+    Both lie below the ephemeral range: a port in it can be taken, between this check and
+    redis-server's bind, by any process's outgoing connection.
+    """
     rng = random.Random()
+    top = min(55000, _ephemeral_low() - 10000)
     for _ in range(200):
-        port = rng.randrange(20000, 55000)
+        port = rng.randrange(12000, top)
         try:
             for candidate in (port, port + 10000):
                 with socket.socket() as sock:
