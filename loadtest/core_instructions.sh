@@ -18,8 +18,8 @@ _, answerer = bench._connection(10 * 1024 * 1024)
 envelope = b"MAIL FROM:<sender@example.org>\r\nRCPT TO:<recipient@example.net>\r\nDATA\r\n"
 body = bench.stuff(bench.english_body(1024)) + b".\r\n"
 for _ in range(n):
-    answerer.feed(envelope)
-    answerer.feed(body)
+    answerer.push(envelope)
+    answerer.push(body)
 assert answerer.messages == n
 PY
         awk '/Collected/ {gsub(",", "", $4); print $4}'
