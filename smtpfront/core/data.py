@@ -185,7 +185,7 @@ class DataStreamer:
         error = self.error
         if error is None:
             if self._inspect:
-                error = self._inspect_region(data[:consumed], out, lead)
+                error = self._inspect_region(data if consumed == n else data[:consumed], out, lead)
                 if self._policy == "normalize":
                     self.size += sum(map(len, out)) - (body_end - dots)
             if error is None and self.size > self._max_size:
