@@ -10,8 +10,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # Installing compiles the protocol core (about a minute): done again only when what the build
 # reads has changed since the last install from this script.
-sum=$({ echo "run ${SMTPFRONT_PURE_PYTHON:-}"; cat pyproject.toml setup.py smtpfront/_version.py \
-    smtpfront/core/*.py smtpfront/core/_scan.c; } | sha256sum | cut -d' ' -f1)
+sum=$(bash deploy/build_hash.sh run)
 if [ "$(cat .venv/.smtpfront-run-build 2>/dev/null)" != "$sum" ] || ! .venv/bin/python -c "import smtpfront" 2>/dev/null; then
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -e .
     echo "$sum" > .venv/.smtpfront-run-build

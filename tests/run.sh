@@ -11,8 +11,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # Installing compiles the protocol core (about a minute): done again only when what the build
 # reads has changed since the last install from this script (a fresh clone always installs).
-sum=$({ echo "dev ${SMTPFRONT_PURE_PYTHON:-}"; cat pyproject.toml setup.py smtpfront/_version.py \
-    smtpfront/core/*.py smtpfront/core/_scan.c; } | sha256sum | cut -d' ' -f1)
+sum=$(bash deploy/build_hash.sh dev)
 if [ "$(cat .venv/.smtpfront-dev-build 2>/dev/null)" != "$sum" ] || ! .venv/bin/python -c "import smtpfront" 2>/dev/null; then
     echo "== installing smtpfront with its test and dev extras"
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
