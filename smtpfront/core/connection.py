@@ -623,7 +623,7 @@ class ServerConnection:
     def _check_group_end(self) -> None:
         # RFC 2920 §3.1: the end of a message (DATA's dot, BDAT LAST) ends a group.
         if self._chunk_last and self.buffer.end > self.buffer.start and (
-            self.policies.unauthorized_pipelining == "reject" and not self._pipelining_offered
+            self._sync_reject and not self._pipelining_offered
         ):
             raise LocalProtocolError(R.PIPELINING_VIOLATION, fatal=True)
 
