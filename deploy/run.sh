@@ -4,15 +4,6 @@
 # Usage: bash deploy/run.sh [serve options...]   (see: bash deploy/run.sh --help)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-    "$PYTHON" -m venv .venv
-fi
-# Installing compiles the protocol core (about a minute): done again only when what the build
-# reads has changed since the last install from this script.
-sum=$(bash deploy/build_hash.sh run)
-if [ "$(cat .venv/.smtpfront-run-build 2>/dev/null)" != "$sum" ] || ! .venv/bin/python -c "import smtpfront" 2>/dev/null; then
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e .
-    echo "$sum" > .venv/.smtpfront-run-build
-fi
+# .venv from the lock of exact versions (requirements/run.lock), with the compiled core.
+bash deploy/install.sh run
 exec .venv/bin/smtpfront serve "$@"

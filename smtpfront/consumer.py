@@ -49,7 +49,6 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
-from redis.retry import Retry
 
 from .core.events import Address, MailParams
 from .sink.base import Envelope
@@ -329,16 +328,16 @@ class Consumer:
                     retry=AsyncRetry(NoBackoff(), 0), require_full_coverage=False, **sockets,
                 )
             elif queue.kind == "sentinel":
-                self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
+                self._sentinel = Sentinel(
                     list(queue.nodes), sentinel_kwargs={"socket_connect_timeout": 5, "socket_timeout": 5,
                                                         "ssl": queue.ssl, "retry": AsyncRetry(NoBackoff(), 0)})
                 self._redis = self._sentinel.master_for(
                     queue.service, db=queue.db, username=queue.username, password=queue.password, ssl=queue.ssl,
-                    decode_responses=False, protocol=2, retry=Retry(NoBackoff(), 0), **sockets,
+                    decode_responses=False, protocol=2, retry=AsyncRetry(NoBackoff(), 0), **sockets,
                 )
             else:
                 self._redis = aioredis.Redis.from_url(
-                    self.redis_url, decode_responses=False, protocol=2, retry=Retry(NoBackoff(), 0), **sockets,
+                    self.redis_url, decode_responses=False, protocol=2, retry=AsyncRetry(NoBackoff(), 0), **sockets,
                 )
         return self._redis
 

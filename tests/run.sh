@@ -4,21 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PYTHON=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-    echo "== creating .venv"
-    "$PYTHON" -m venv .venv
-fi
-# Installing compiles the protocol core (about a minute): done again only when what the build
-# reads has changed since the last install from this script (a fresh clone always installs).
-sum=$(bash deploy/build_hash.sh dev)
-if [ "$(cat .venv/.smtpfront-dev-build 2>/dev/null)" != "$sum" ] || ! .venv/bin/python -c "import smtpfront" 2>/dev/null; then
-    echo "== installing smtpfront with its test and dev extras"
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
-    echo "$sum" > .venv/.smtpfront-dev-build
-else
-    echo "== smtpfront is installed and its build inputs are unchanged"
-fi
+# .venv from the lock of exact versions (requirements/dev.lock), with the compiled core.
+bash deploy/install.sh dev
 
 # System programs the wire tests drive (real clients and servers, never mocks).
 need=()

@@ -363,6 +363,7 @@ def test_cli_consume_maildir(redis_server: RedisServer, tmp_path: Path) -> None:
             proc.kill()
             proc.wait(timeout=5)
     assert proc.returncode == 0, output
+    assert b"Warning" not in output, output  # e.g. redis-py's about a synchronous Retry on an asyncio client
     [path] = (maildir / "new").iterdir()
     assert path.read_bytes().endswith(BODY)
     assert pending(redis_server) == 0

@@ -645,9 +645,11 @@ class _Single:
         self.redis: aioredis.Redis
         if queue.kind == "sentinel":
             # A sentinel that is away is skipped at once (no retries): the next one is asked.
-            socket = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
-            watchers = {**socket, "ssl": queue.ssl, "retry": Retry(NoBackoff(), 0)}
-            self._sentinel = Sentinel(list(queue.nodes), sentinel_kwargs=watchers, **socket)  # type: ignore[no-untyped-call]
+            watchers = {"socket_timeout": timeout, "socket_connect_timeout": timeout, "ssl": queue.ssl,
+                        "retry": Retry(NoBackoff(), 0)}
+            self._sentinel = Sentinel(
+                list(queue.nodes), sentinel_kwargs=watchers, socket_timeout=timeout, socket_connect_timeout=timeout,
+            )
             self.redis = self._sentinel.master_for(
                 queue.service, db=queue.db, username=queue.username, password=queue.password, ssl=queue.ssl,
             )

@@ -62,12 +62,19 @@ def compose() -> dict[str, Any]:
     return yaml.safe_load(COMPOSE.read_text())
 
 
-def test_the_install_command_is_deploy_run_sh_s(tmp_path: Path) -> None:
+def test_the_install_commands_are_deploy_install_sh_s() -> None:
+    """The image installs as the README commands do: the run lock (hashes checked), then smtpfront
+    built with the locked build tools; only the lock's name, the cache and editability differ."""
     (run,) = [args for op, args in instructions() if op == "RUN" and "pip install" in args]
-    (script,) = [line for line in (DEPLOY / "run.sh").read_text().splitlines() if "pip install" in line]
-    expected = pip_install(script)
-    assert expected[-2:] == ["-e", "."]  # run.sh installs the checkout editable; an image cannot
-    assert pip_install(run) == [*expected[:-2], "--no-cache-dir", "."]
+    image = [pip_install(part) for part in run.split("&&") if "pip install" in part]
+    lines = [line for line in (DEPLOY / "install.sh").read_text().splitlines() if "pip install" in line]
+    script = [pip_install(line) for line in lines]
+    assert len(image) == len(script) == 2
+    lock, build = script
+    assert lock[-2:] == ["-r", "requirements/$kind.lock"] and "--require-hashes" in lock and "--no-deps" in lock
+    assert image[0] == [*lock[:-1], "requirements/run.lock", "--no-cache-dir"]
+    assert build[-2:] == ["-e", "."] and "--no-build-isolation" in build  # an image cannot install editable
+    assert image[1] == [*build[:-2], "--no-cache-dir", "."]
 
 
 def test_the_build_stage_copies_what_the_package_build_reads() -> None:
