@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from . import core, metrics
 from ._version import __version__
 from .config import REDIS_SCHEMES, Config, ConfigError, load_config, parse_address, render
+from .config import warnings as config_warnings
 from .core.data import ACCELERATED
 from .logs import setup_logging
 from .sink.base import SinkError
@@ -132,6 +133,8 @@ def serve(args: argparse.Namespace) -> int:
         raise SystemExit(f"smtpfront: --queue: {exc}") from None
     for listener in config.listeners:
         _check_bind(listener.host, listener.port)
+    for warning in config_warnings(config):
+        log.warning(warning)
     if not core.compiled():
         log.warning("the protocol core is not compiled (installed without a C compiler, or with "
                     "SMTPFRONT_PURE_PYTHON=1): it runs interpreted, about half as fast")
@@ -206,6 +209,8 @@ def check_config(args: argparse.Namespace) -> int:
     except (ConfigError, OSError) as exc:
         print(f"smtpfront: configuration: {exc}", file=sys.stderr)
         return 2
+    for warning in config_warnings(config):
+        print(f"smtpfront: warning: {warning}", file=sys.stderr)
     print(render(config, mask_secrets=True), end="")
     return 0
 

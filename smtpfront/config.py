@@ -555,6 +555,19 @@ def _check(c: Config) -> None:
             raise ConfigError(f"listeners[{i}].require_tls", 'contradicts tls = "none"')
 
 
+def warnings(c: Config) -> list[str]:
+    """What a valid configuration does that is probably not meant: ``check-config`` and ``serve`` say it."""
+    out = []
+    for key in ("xclient", "xforward"):
+        for proxy in c.trust.proxy:
+            shared = [net for net in getattr(c.trust, key) if net.version == proxy.version and net.overlaps(proxy)]
+            if shared:
+                out.append(f"trust.{key}: {', '.join(map(str, shared))} overlaps trust.proxy {proxy}: behind a "
+                           f"proxy, {key.upper()} is judged on the client the PROXY header names, not on the "
+                           f"proxy; list the relays' own addresses in trust.{key}, not the proxy's")
+    return out
+
+
 # -- rendering ----------------------------------------------------------------------------
 
 _SECRET = re.compile(r"(://[^/@:]*:)[^/@]+@|([?&](?:password|pass)=)[^&#]*", re.IGNORECASE)

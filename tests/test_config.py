@@ -480,3 +480,21 @@ def test_example_file_covers_every_key() -> None:
         where, _, name = key.rpartition(".")
         if key != "listen":
             assert name in seen.get(where, set()), f"{key} is missing from {EXAMPLE.name}"
+
+
+@pytest.mark.parametrize(("proxy", "xclient", "xforward", "warned"), [
+    ("10.0.0.0/8", "10.1.0.0/16", "", ["trust.xclient"]),
+    ("10.0.0.5/32", "", "10.0.0.0/24", ["trust.xforward"]),
+    ("10.0.0.5/32", "192.0.2.0/24", "192.0.2.0/24", []),
+    ("10.0.0.0/8", "::/0", "", []),  # another family never overlaps
+])
+def test_warns_when_a_proxy_network_is_trusted_for_xclient(
+    tmp_path: Path, proxy: str, xclient: str, xforward: str, warned: list[str]
+) -> None:
+    c = load_config(write(tmp_path, f"""
+[trust]
+proxy = ["{proxy}"]
+xclient = [{f'"{xclient}"' if xclient else ""}]
+xforward = [{f'"{xforward}"' if xforward else ""}]
+"""), env={})
+    assert [w.split(":")[0] for w in config_module.warnings(c)] == warned

@@ -507,6 +507,8 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         if not info.local and info.source_address is not None:
             self.session.client_address = info.source_address
             self.session.client_port = info.source_port or 0
+            # Trust (XCLIENT, XFORWARD) is the client's own, not the proxy's (DESIGN rule 9).
+            self.conn.use_features(self.settings.features_for(self.session.client_address))
         return self._open_session()
 
     def _on_helo(self, event: Helo) -> Coroutine[Any, Any, None] | None:

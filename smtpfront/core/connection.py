@@ -194,6 +194,19 @@ class ServerConnection:
         self._binarymime = False
         self._rcpt_count = 0
 
+    def use_features(self, features: Features) -> None:
+        """Offer ``features`` from now on, in place of those given at construction.
+
+        For the moment a PROXY header has named the client: what a client may use (XCLIENT,
+        XFORWARD) is judged on its own address, never on the proxy's. Only before the
+        greeting; a later change of what was offered is a bug in the caller.
+        """
+        if self.state is not _CONNECTED:
+            raise RuntimeError("features can change only before the greeting")
+        self.features = features
+        self._pipelining = features.pipelining
+        self._disabled = features.disabled
+
     # -- receiving ----------------------------------------------------------------
 
     def writable(self) -> memoryview:

@@ -208,3 +208,17 @@ def test_xforward_from_untrusted_network(start_server: StartServer) -> None:
         assert (r.code, r.enhanced) == (550, "5.7.0")
         assert send_message(c).code == 250
     assert hooks.xforward == [{}]
+
+
+def test_xclient_trust_follows_the_client_the_proxy_header_names(start_server: StartServer) -> None:
+    """A relay behind a trusted proxy is trusted by its own address (the proxy's is not listed)."""
+    server = start_server(use_proxy=TRUSTED, use_xclient=["203.0.113.0/24"], use_xforward=["203.0.113.0/24"])
+    for source, trusted in (("203.0.113.7", True), ("198.51.100.9", False)):
+        with Client(server.port) as c:
+            c.send(encode_proxy_v1((source, 40001), ("192.0.2.1", 25)))
+            c.greet()
+            caps = c.ehlo().lines
+            assert any(line.startswith("XCLIENT ") for line in caps) is trusted, caps
+            assert any(line.startswith("XFORWARD ") for line in caps) is trusted, caps
+            r = c.cmd("XCLIENT ADDR=192.0.2.55")
+            assert (r.code, r.enhanced) == ((220, None) if trusted else (550, "5.7.0")), r

@@ -10,7 +10,7 @@ from smtpfront.core import replies as R
 from smtpfront.core.buffer import LineTooLong, ReceiveBuffer
 from smtpfront.core.connection import NEED_DATA, PAUSED, ServerConnection
 from smtpfront.core.errors import RemoteProtocolError
-from smtpfront.core.events import BodyChunk, BodyEnd, Event, Rejected
+from smtpfront.core.events import BodyChunk, BodyEnd, Event, Helo, ProxyHeader, Rejected, Xclient
 from smtpfront.core.options import Features, Limits, Policies
 
 from .driver import ScriptedApp, run_session
@@ -157,6 +157,31 @@ def test_error_state_fails_fast() -> None:
         conn.next_event()
     assert conn.closing
     assert conn.data_to_send().startswith(b"421 ")
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_features_follow_the_client_named_by_the_proxy_header(trusted: bool) -> None:
+    """XCLIENT is offered (and accepted) by what the PROXY header's client may use, set after it."""
+    conn = ServerConnection(features=Features(xclient=not trusted), expect_proxy=True)  # the proxy's own
+    conn.receive_data(b"PROXY TCP4 192.0.2.7 198.51.100.1 40000 25\r\n")
+    event = conn.next_event()
+    assert isinstance(event, ProxyHeader) and event.info.source_address == "192.0.2.7"
+    conn.use_features(Features(xclient=trusted))
+    conn.send(conn.greeting_reply())
+    conn.receive_data(b"EHLO c.example\r\n")
+    helo = conn.next_event()
+    assert isinstance(helo, Helo)
+    conn.send(conn.hello_reply(helo))
+    assert (b"XCLIENT ADDR" in conn.data_to_send()) is trusted
+    conn.receive_data(b"XCLIENT ADDR=10.1.2.3\r\n")
+    if trusted:
+        assert isinstance(conn.next_event(), Xclient)
+    else:
+        refused = conn.next_event()
+        assert isinstance(refused, Rejected) and refused.verb == "XCLIENT"
+        assert conn.data_to_send() == b"550 5.7.0 Error: insufficient authorization\r\n"
+    with pytest.raises(RuntimeError):
+        conn.use_features(Features())  # what was offered cannot change after the greeting
 
 
 def test_lmtp_replies_due_counts_recipients() -> None:
