@@ -2,8 +2,11 @@
 
     .venv/bin/python loadtest/compare.py [--quick] [--servers NAME,...] [--seconds S] [--runs N]
 
-Servers: smtpfront with one worker and each queue (``null:``, ``maildir:`` in a temp dir,
-``redis://`` on a redis-server started here), aiosmtpd (asyncio and uvloop; a handler that
+Servers: smtpfront with one worker, its shipped defaults (INFO session log, metrics,
+``Received:``, STARTTLS offered) and each queue (``null:``, ``maildir:`` in a temp dir,
+``redis://`` on a redis-server started here on the load core, as a separate Redis host would
+be, or on the server's core for ``smtpfront-redis-samecore``; the stream is trimmed every
+0.5 s as draining consumers would keep it), aiosmtpd (asyncio and uvloop; a handler that
 discards the message), nodemailer ``smtp-server`` (``onData`` consumes the stream) and Postfix
 ``smtp-sink`` (C, the ceiling). Each server gets core 1 (``taskset``), the load core 0.
 
@@ -42,8 +45,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PEERS = HERE / "peers"
 PYTHON = sys.executable
-SERVERS = ("smtpfront-null", "smtpfront-redis", "smtpfront-maildir", "aiosmtpd", "aiosmtpd-uvloop", "nodemailer",
-           "smtp-sink")
+SERVERS = ("smtpfront-null", "smtpfront-redis", "smtpfront-redis-samecore", "smtpfront-maildir", "aiosmtpd",
+           "aiosmtpd-uvloop", "nodemailer", "smtp-sink")
 REFERENCE = "smtpfront-null"
 SERVER_CPU, LOAD_CPU = "1", "0"
 
@@ -223,6 +226,32 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+class StreamDrain:
+    """Stands in for the downstream consumers: every 0.5 s, trims the queue stream to its last
+    10,000 entries (memory stays bounded over long runs, as a draining consumer keeps it)."""
+
+    def __init__(self, port: int, stream: bytes = b"smtpfront:inbound") -> None:
+        self.port, self.stream = port, stream
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        command = b"*5\r\n$5\r\nXTRIM\r\n$%d\r\n%s\r\n$6\r\nMAXLEN\r\n$1\r\n~\r\n$5\r\n10000\r\n" % (
+            len(self.stream), self.stream)
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=5) as conn:
+            while not self._stop.wait(0.5):
+                conn.sendall(command)
+                conn.recv(64)
+
+    def __enter__(self) -> StreamDrain:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
 class RssSampler:
     """Peak RSS of one process, sampled every 0.2 s on a thread."""
 
@@ -292,7 +321,7 @@ def ensure_nodemailer() -> bool:
 def available(servers: Sequence[str]) -> list[str]:
     ok: list[str] = []
     for name in servers:
-        if name == "smtpfront-redis" and not shutil.which("redis-server"):
+        if name.startswith("smtpfront-redis") and not shutil.which("redis-server"):
             say("compare: redis-server not found (bash tests/run.sh installs it); skipping smtpfront-redis")
         elif name.startswith("aiosmtpd") and not ensure_aiosmtpd():
             say("compare: aiosmtpd unavailable; skipping")
@@ -323,22 +352,28 @@ def server(name: str, workdir: Path) -> Iterator[Running]:
     helpers: list[subprocess.Popen[bytes]] = []
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMTPFRONT_")}
     process: subprocess.Popen[bytes] | None = None
+    drain: StreamDrain | None = None
     log = (workdir / f"{name}.log").open("ab")
     try:
         if name.startswith("smtpfront-"):
             queue = {"smtpfront-null": "null:", "smtpfront-maildir": f"maildir:{tempfile.mkdtemp(dir=workdir)}"}
-            if name == "smtpfront-redis":
+            if name.startswith("smtpfront-redis"):
+                # Redis on the load core, as a separate Redis host would be; "-samecore" puts it
+                # on the server's core (one machine doing both). The stream is drained as a
+                # consumer would (StreamDrain): smtpfront itself runs its shipped defaults.
                 redis_port = free_port()
                 helpers.append(subprocess.Popen(
-                    pinned(SERVER_CPU, ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                                        "--appendonly", "no", "--dir", str(workdir)]),
+                    pinned(SERVER_CPU if name.endswith("-samecore") else LOAD_CPU,
+                           ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                            "--appendonly", "no", "--dir", str(workdir)]),
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
                 queue[name] = f"redis://127.0.0.1:{redis_port}/0"
-                env["SMTPFRONT_REDIS__MAXLEN"] = "20000"  # bounded memory across a long run
                 wait_redis(redis_port, helpers[0])
+                drain = StreamDrain(redis_port)
+            # The shipped defaults: INFO session log (one line per message), metrics,
+            # Received:, STARTTLS offered (a self-signed certificate).
             argv = [PYTHON, "-m", "smtpfront", "serve", "--listen", f"127.0.0.1:{port}", "--workers", "1",
-                    "--queue", queue[name], "--metrics-listen", "127.0.0.1:0", "--log-level", "WARNING",
-                    "--graceful-timeout", "2"]
+                    "--queue", queue[name], "--metrics-listen", "127.0.0.1:0", "--graceful-timeout", "2"]
             env["SMTPFRONT_TLS__SELF_SIGNED_DIR"] = str(workdir / "tls")
         elif name.startswith("aiosmtpd"):
             argv = [PYTHON, str(PEERS / "aiosmtpd_sink.py"), str(port), *(["--uvloop"] if "uvloop" in name else [])]
@@ -355,7 +390,8 @@ def server(name: str, workdir: Path) -> Iterator[Running]:
         if name.startswith("smtpfront-"):
             kids = children(process.pid)
             serving = kids[0] if kids else process.pid
-        yield Running(port, process, serving, helpers)
+        with drain or contextlib.nullcontext():
+            yield Running(port, process, serving, helpers)
     finally:
         kids = children(process.pid) if process is not None else []
         stop(process)

@@ -376,3 +376,70 @@ def test_session_records_are_redacted_once_and_the_mark_never_shows(out: io.Stri
     (record,) = [json.loads(line) for line in out.getvalue().splitlines()]
     assert record["password"] == "***" and record["size"] == 3
     assert not any(key.startswith("_smtpfront") for key in record)
+
+
+@pytest.mark.parametrize("json_lines", [True, False])
+def test_session_event_lines_are_the_same_without_a_record(json_lines: bool) -> None:
+    """Inside a loop, with only the daemon's handler, an event line is built without a LogRecord;
+    it reads exactly as the record path writes it (a pass-through filter forces that path)."""
+    import asyncio
+
+    stream = io.StringIO()
+    setup_logging("INFO", json=json_lines, stream=stream, worker=2)
+    session_log = logging.getLogger("smtpfront.session")
+    records: list[logging.LogRecord] = []
+
+    def seen(record: logging.LogRecord) -> bool:
+        records.append(record)
+        return True
+
+    fields: dict[str, object] = {"queue_id": "Q1", "size": 1024, "password": "hunter2", "level": "forged",
+                                 "args": "a r g s", "msg": "m", "tls": {"version": "TLSv1.3", "token": "t"},
+                                 "helo": "c.example", "empty": ""}
+
+    async def main() -> None:
+        logger = SessionLogger(session_log, "s1", ("2001:db8::1", 25))
+        logger.event("queued", **fields)
+        session_log.addFilter(seen)
+        try:
+            logger.event("queued", **fields)
+        finally:
+            session_log.removeFilter(seen)
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
+    direct, general = stream.getvalue().splitlines()
+    assert len(records) == 1  # only the second line was a record
+    strip = (lambda line: {k: v for k, v in orjson.loads(line).items() if k != "ts"}) if json_lines else (
+        lambda line: line.split(" ", 1)[1])
+    assert strip(direct) == strip(general)
+    if json_lines:
+        rec = orjson.loads(direct)
+        assert (rec["password"], rec["tls"]["token"], rec["level"], rec["level_"]) == ("***", "***", "INFO", "forged")
+        assert (rec["worker"], rec["session"], rec["client"]) == (2, "s1", "[2001:db8::1]:25")
+
+
+def test_a_handler_added_by_the_embedding_program_gets_every_session_record(out: io.StringIO) -> None:
+    import asyncio
+
+    class Keep(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.records: list[logging.LogRecord] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.records.append(record)
+
+    keep = Keep()
+    session_log = logging.getLogger("smtpfront.session")
+    session_log.addHandler(keep)
+    try:
+        async def main() -> None:
+            SessionLogger(session_log, "s1", "192.0.2.1:25").event("queued", size=1)
+            await asyncio.sleep(0)
+
+        asyncio.run(main())
+    finally:
+        session_log.removeHandler(keep)
+    assert [r.getMessage() for r in keep.records] == ["queued"]
+    assert [line["msg"] for line in lines(out)] == ["queued"]
