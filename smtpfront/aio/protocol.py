@@ -357,6 +357,9 @@ class SMTPProtocol(asyncio.BufferedProtocol):
     def _timed_out(self) -> None:
         if self._closed:
             return
+        if self._committing is not None:
+            self._commit_timed_out()  # the queue did not answer in time: 451, the session goes on
+            return
         log.info("session %s timed out in state %s", self.session.id, self.conn.state.name)
         self._emit("reject", self.session, R.TIMEOUT)
         self.conn.send(R.TIMEOUT)
@@ -645,14 +648,20 @@ class SMTPProtocol(asyncio.BufferedProtocol):
     async def _wait_for_consumer(self, stream: BodyStream) -> None:
         await asyncio.wait_for(stream.drained.wait(), self.settings.timeouts.hook)
 
-    def _on_body_end(self, event: BodyEnd) -> Coroutine[Any, Any, None]:
+    def _on_body_end(self, event: BodyEnd) -> Coroutine[Any, Any, None] | None:
+        if (event.last and event.error is None and self._refusal is None and self._writer is not None
+                and self._data_task is None):
+            self._commit(event)  # nothing to ask: straight to the sink
+            return None
         return self._end_chunk(event)
 
     async def _end_chunk(self, event: BodyEnd) -> None:
-        conn = self.conn
-        due = conn.replies_due
         started = self.loop.time()
-        replies = await self._message_replies(event, due)
+        self._end_message(event, await self._message_replies(event, self.conn.replies_due), started)
+
+    def _end_message(self, event: BodyEnd, replies: Sequence[Reply], started: float) -> None:
+        """Send the replies that end a chunk or a message; count the message; the idle clock restarts."""
+        conn = self.conn
         for reply in replies:
             conn.send(reply)
         if event.last:
@@ -666,6 +675,77 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             if self._draining:
                 self.conn.send(R.SHUTTING_DOWN)
         self._touch()
+
+    # -- the commit without a task: a callback on the sink's future, the connection's deadline --
+
+    _committing: tuple[asyncio.Future[str], BodyEnd, int, float, MessageWriter] | None = None
+
+    def _commit(self, event: BodyEnd) -> None:
+        """Commit a message no hook needs to see: the sink's awaitable gets a callback (a
+        coroutine becomes a task), the connection's own deadline bounds the wait, and the
+        client's next commands wait in the receive buffer (reading pauses only when it fills)."""
+        writer, self._writer = self._writer, None
+        assert writer is not None
+        envelope, due, started = self._envelope, self.conn.replies_due, self.loop.time()
+        if envelope is not None:
+            envelope.size = self._size
+        try:
+            future = asyncio.ensure_future(writer.commit())
+        except (SinkError, OSError) as exc:
+            log.warning("session %s: queue commit failed: %s", self.session.id, exc)
+            self.loop.create_task(_quietly(writer.abort()))
+            self._end_message(event, [R.QUEUE_UNAVAILABLE] * due, started)
+            return
+        self._busy = True
+        self._committing = (future, event, due, started, writer)
+        self.deadline.arm(self.settings.timeouts.sink)
+        future.add_done_callback(self._committed)
+
+    def _committed(self, future: asyncio.Future[str]) -> None:
+        waiting = self._committing
+        if waiting is None or waiting[0] is not future:
+            return  # timed out (answered already)
+        self._committing = None
+        _, event, due, started, writer = waiting
+        if self._closed:
+            return  # the client is gone: the entry stands, no one to tell
+        try:
+            try:
+                queue_id = future.result()
+            except (SinkError, OSError, asyncio.CancelledError) as exc:
+                log.warning("session %s: queue commit failed: %s", self.session.id, exc or type(exc).__name__)
+                self.loop.create_task(_quietly(writer.abort()))
+                replies = [R.QUEUE_UNAVAILABLE] * due
+            else:
+                replies = self._queued(queue_id, [_ACCEPT] * due, started)
+            self._end_message(event, replies, started)
+        except Exception:  # a bug (a callback has no task to carry it): this connection only
+            self._crash()
+            return
+        self._busy = False
+        self._pump()
+
+    def _commit_timed_out(self) -> None:
+        waiting, self._committing = self._committing, None
+        assert waiting is not None
+        future, event, due, started, writer = waiting
+        future.cancel()
+        log.warning("session %s: queue commit failed: no answer within %s s", self.session.id,
+                    self.settings.timeouts.sink)
+        self.loop.create_task(_quietly(writer.abort()))
+        self._end_message(event, [R.QUEUE_UNAVAILABLE] * due, started)
+        self._busy = False
+        self._pump()
+
+    def _queued(self, queue_id: str, replies: list[Reply], committing: float) -> list[Reply]:
+        """The message is in the queue: count it, tell the listeners, the replies that say so."""
+        m = self.state.instruments
+        m.queue_write.observe(self.loop.time() - committing)
+        m.message_size.observe(self._size)
+        self.state.messages_accepted += 1
+        self._emit("mail", self.session, self._envelope, queue_id)
+        ok = Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
+        return [ok if r is _ACCEPT else r for r in replies]
 
     async def _message_replies(self, event: BodyEnd, due: int) -> list[Reply]:
         """The replies that end a chunk or a message; ``due`` of them (LMTP: per recipient)."""
@@ -701,19 +781,13 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         try:
             async with asyncio.timeout(self.settings.timeouts.sink):
                 queue_id = await writer.commit()
-            m = self.state.instruments
-            m.queue_write.observe(self.loop.time() - committing)
-            m.message_size.observe(self._size)
         except (TimeoutError, SinkError, OSError) as exc:
             log.warning("session %s: queue commit failed: %s", self.session.id, exc)
             await _quietly(writer.abort())
             return [R.QUEUE_UNAVAILABLE] * due
         finally:
             self._stream = self._data_task = None
-        self.state.messages_accepted += 1
-        self._emit("mail", self.session, self._envelope, queue_id)
-        ok = Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
-        return [ok if r is _ACCEPT else r for r in replies]
+        return self._queued(queue_id, replies, committing)
 
     async def _abandon(self) -> None:
         writer, self._writer = self._writer, None

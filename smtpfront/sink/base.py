@@ -2,7 +2,7 @@
 
 A sink opens a :class:`MessageWriter` per accepted transaction; the server writes the body
 to it as it arrives and calls :meth:`MessageWriter.commit` after the final dot. The
-server answers ``250`` only after ``commit`` returned; if it raises (or times out), the
+server answers ``250`` only after what ``commit`` returned has completed; if it raises (or times out), the
 client gets ``451 4.3.0`` and retries. Nothing half-written may become visible to a
 consumer as a complete message.
 
@@ -58,8 +58,13 @@ class MessageWriter(Protocol):
     def write(self, data: memoryview) -> None:
         """Take the next body chunk (copy it if kept). Raises SinkError to give up."""
 
-    async def commit(self) -> str:
-        """Make the message durable; returns its queue id. Raises SinkError on failure."""
+    def commit(self) -> Awaitable[str]:
+        """Make the message durable; the awaitable gives its queue id, or raises SinkError.
+
+        An ``async def commit`` fits. A sink may instead return an ``asyncio.Future`` it
+        resolves itself (the Redis sink hands out its batch's future): the server then waits
+        with a callback, no task per message. A SinkError raised at once counts as a failure.
+        """
 
     async def abort(self) -> None:
         """Forget the message (the transaction failed or the client went away)."""

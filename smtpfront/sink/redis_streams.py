@@ -335,19 +335,21 @@ class RedisStreamWriter:
                 return waiting
         return self._sink._pressure()
 
-    async def commit(self) -> str:
-        """XADD the record (in the next batch); returns the stream entry id.
+    def commit(self) -> Awaitable[str]:
+        """XADD the record (in the next batch); the awaitable gives the stream entry id.
 
-        In a cluster the id is ``SHARD/ENTRY-ID``.
+        In a cluster the id is ``SHARD/ENTRY-ID``. A message under the large threshold gets
+        the batch's own future: no coroutine or task per message (the server adds a
+        callback to it). Raises SinkError at once while the lane is down.
         """
         if self._head is not None:  # the body ended inside its headers
             self._read_header(b"\r\n\r\n")
         if self._upload is not None:
-            return await self._commit_large(self._upload)
+            return self._commit_large(self._upload)
         lane, packed, shard = self._sink._topology.route(self)
         self._parts = []
-        entry = await lane.commit(packed, self._size)
-        return entry if shard is None else f"{shard}/{entry}"
+        entry = lane.enqueue(packed, self._size)
+        return entry if shard is None else _prefixed(entry, f"{shard}/")
 
     async def _commit_large(self, upload: Upload) -> str:
         sink, target = self._sink, self._target
@@ -399,6 +401,24 @@ class RedisStreamWriter:
         return [prefix + b"".join(head), *self._parts, b"\r\n"]
 
 
+def _prefixed(entry: asyncio.Future[str], prefix: str) -> asyncio.Future[str]:
+    """A future of ``prefix + entry``'s result (its failure, its cancellation)."""
+    out: asyncio.Future[str] = entry.get_loop().create_future()
+
+    def done(f: asyncio.Future[str]) -> None:
+        if out.done():
+            return
+        if f.cancelled():
+            out.cancel()
+        elif (exc := f.exception()) is not None:
+            out.set_exception(exc)
+        else:
+            out.set_result(prefix + f.result())
+
+    entry.add_done_callback(done)
+    return out
+
+
 # -- one connection and its group commit ------------------------------------------------------
 
 
@@ -440,9 +460,6 @@ class _Lane:
             self.flushing = True
             asyncio.get_running_loop().create_task(self._flush())
         return future
-
-    async def commit(self, packed: list[bytes], size: int) -> str:
-        return await self.enqueue(packed, size)
 
     async def _flush(self) -> None:
         """Send batches until nothing is pending: commits arriving meanwhile join the next one."""
