@@ -27,13 +27,14 @@ from collections.abc import Sequence
 
 from . import core, metrics
 from ._version import __version__
+from .assembly import build_sink
 from .config import REDIS_SCHEMES, Config, ConfigError, load_config, parse_address, render
 from .config import warnings as config_warnings
 from .core.data import ACCELERATED
 from .logs import setup_logging
 from .sink.base import SinkError
 from .supervisor.arbiter import Arbiter
-from .supervisor.worker import build_sink, worker_main
+from .supervisor.worker import worker_main
 
 __all__ = ["main"]
 
@@ -160,6 +161,7 @@ def serve(args: argparse.Namespace) -> int:
     arbiter = Arbiter(
         worker_main=lambda context: worker_main(current[0], context), workers=config.workers,
         graceful_timeout=config.supervisor.graceful_timeout, heartbeat_timeout=config.supervisor.heartbeat_timeout,
+        respawn_backoff=config.supervisor.respawn_backoff, respawn_backoff_max=config.supervisor.respawn_backoff_max,
         reload_check=reload_check, on_reaped=reaped,
     )
     host, port = parse_address(config.metrics.listen)

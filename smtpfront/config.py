@@ -18,7 +18,7 @@ listeners at those addresses and default settings; then ``listeners.FIELD`` sets
 every listener (``--max-clients`` → ``listeners.max_clients``, ``--lmtp`` →
 ``listeners.mode = "lmtp"``, ``--no-tls`` → ``listeners.tls = "none"``).
 
-Rule: stdlib only, and no other smtpfront module is imported (DESIGN.md "Layers"). Values
+Rule: stdlib only, and no other smtpfront module is imported (ARCHITECTURE.md "Layers"). Values
 that mirror other modules (SASL mechanisms, defaults) are repeated here; tests keep them equal.
 """
 
@@ -120,23 +120,40 @@ class LimitsConfig:
 
 @dataclass(frozen=True, slots=True)
 class TimeoutsConfig:
-    """aio ``Timeouts`` (seconds), plus the pregreet delay."""
+    """Seconds. Postfix's smtpd_timeout is 300 s; RFC 5321 §4.5.3.2.7 asks for ≥ 5 min.
 
-    greeting: float = _f(10.0, gt=0)
-    idle: float = _f(300.0, gt=0)
-    data: float = _f(300.0, gt=0)
-    min_data_rate: int = _f(500, min=1)  # octets/s
+    The connections' own settings too (``ListenerSettings.timeouts``): one class, no twin.
+    """
+
+    greeting: float = _f(10.0, gt=0)  # PROXY header and TLS handshake before the greeting
+    idle: float = _f(300.0, gt=0)  # a whole command line must arrive within this (not just some bytes)
+    data: float = _f(300.0, gt=0)  # allowance for a body, extended by min_data_rate
+    min_data_rate: int = _f(500, min=1)  # octets/s; each octet buys 1/min_data_rate s (smtpd_min_data_rate)
     tls_handshake: float = _f(30.0, gt=0)
-    sink: float = _f(30.0, gt=0)
-    hook: float = _f(60.0, gt=0)
-    close: float = _f(30.0, gt=0)
+    sink: float = _f(30.0, gt=0)  # queue commit; past it the client gets 451 4.3.0
+    hook: float = _f(60.0, gt=0)  # any one hook call; past it the client gets 451 4.3.0
+    close: float = _f(30.0, gt=0)  # graceful close: how long open transactions may finish
     reverse_lookup: float = _f(1.5, gt=0)
-    greeting_delay: float = _f(0.0, min=0)  # > 0: pregreet test
+    greeting_delay: float = _f(0.0, min=0)  # > 0: wait, and refuse clients that talk first (pregreet)
 
 
 @dataclass(frozen=True, slots=True)
 class TlsConfig:
-    """Certificates and parameters shared by every TLS listener (named like ``aio.tls.TlsConfig``)."""
+    """Certificates and parameters shared by every TLS listener (``aio.tls.server_context`` takes it).
+
+    Attributes:
+        cert_file: PEM certificate chain; with ``key_file`` also ``None``, a self-signed
+            certificate is generated.
+        key_file: PEM private key for ``cert_file``.
+        sni: Server name (exact, or ``*.example.com`` for one label) to a
+            ``(cert_file, key_file)`` pair; other names get the default certificate.
+        client_ca_file: When set, client certificates are requested and verified against it.
+        require_client_cert: Refuse clients without a certificate (needs ``client_ca_file``).
+        min_version: ``"TLSv1.2"`` or ``"TLSv1.3"``.
+        ciphers: OpenSSL cipher string for TLS 1.2; ``None`` keeps the ``ssl`` default.
+        self_signed_dir: Where a generated pair is cached; ``None`` uses a private
+            directory under the system temp dir.
+    """
 
     cert_file: str | None = None
     key_file: str | None = None
@@ -157,7 +174,7 @@ class AuthConfig:
 
 @dataclass(frozen=True, slots=True)
 class TrustConfig:
-    """Peers trusted to send PROXY headers, XCLIENT and XFORWARD (DESIGN.md rule 9)."""
+    """Peers trusted to send PROXY headers, XCLIENT and XFORWARD (ARCHITECTURE.md rule 9)."""
 
     proxy: tuple[Network, ...] = _f((), kind="networks")
     xclient: tuple[Network, ...] = _f((), kind="networks")
@@ -217,8 +234,8 @@ class LoggingConfig:
 class SupervisorConfig:
     graceful_timeout: float = _f(30.0, gt=0)  # SIGTERM: drain this long, then kill
     heartbeat_timeout: float = _f(30.0, gt=0)  # a silent worker is killed and respawned
-    respawn_backoff: float = _f(1.0, min=0)  # first delay after a crash, doubled per crash
-    respawn_backoff_max: float = _f(60.0, min=0)
+    respawn_backoff: float = _f(0.1, min=0)  # first delay after a crash, doubled per quick crash
+    respawn_backoff_max: float = _f(5.0, min=0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """The Redis Streams consumer: hand each queued message to a handler, at least once.
 
-Rule (DESIGN.md "Nothing lost", "Queue record"): an entry is acknowledged (``XACK``) only
+Rule (ARCHITECTURE.md rule 3 "Nothing lost"; the queue record: CHANGELOG.md): an entry is acknowledged (``XACK``) only
 after its handler returned, or after a copy of it is in the dead-letter stream. Anything
 else leaves it pending in the consumer group, so a crash or a failing handler means
 "delivered again later", never "lost": entries idle for ``claim_idle_ms`` (a crashed

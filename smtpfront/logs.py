@@ -1,6 +1,6 @@
 """Structured logging: one JSON object per line, peer text sanitised, credentials redacted.
 
-Rule (STYLE-ANCHORS §7.14): every module logs through ``logging.getLogger(__name__)``
+Rule (ARCHITECTURE.md, who owns what): every module logs through ``logging.getLogger(__name__)``
 under the ``smtpfront`` tree, and a connection logs through its `SessionLogger`. Peer bytes
 go through `sanitize` before they reach a log line (CR/LF injection cannot fake a line),
 and fields named like credentials are replaced by ``"***"`` (`redact`). A disabled level

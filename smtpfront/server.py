@@ -19,16 +19,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from types import TracebackType
 
-from .aio.server import Listener, WorkerServer
-from .aio.sessionlog import log_sessions as install_session_log
-from .aio.settings import ListenerSettings, Timeouts, parse_networks
-from .aio.tls import TlsConfig, server_context
-from .core.options import Features, Limits, Policies
+from .aio.server import WorkerServer
+from .aio.settings import ListenerSettings
+from .assembly import assemble, trace
+from .config import Config, load_config
 from .core.sasl import MECHANISMS
-from .hooks import HookChain, Hooks, Listeners, Middleware
-from .sink.base import Envelope, Sink
+from .hooks import Hooks, Middleware
+from .sink.base import Sink
 from .sink.memory import MemorySink
-from .sink.trace import received_header
 
 __all__ = ["SMTPServer"]
 
@@ -135,51 +133,61 @@ class SMTPServer:
         log_sessions: bool = True,
         reuse_port: bool = False,
     ) -> None:
-        disabled = frozenset(v.upper() for v in disabled_commands)
+        disabled = tuple(disabled_commands) + (("STARTTLS",) if hide_starttls else ())
         methods = tuple(m.upper() for m in auth_methods)
         unknown = [m for m in methods if m not in MECHANISMS]
         if unknown:
             raise ValueError(f"unknown auth_methods {unknown}; known: {list(MECHANISMS)}")
-        if "AUTH" in disabled:
-            methods = ()
-        use_tls = (tls and "STARTTLS" not in disabled and not hide_starttls) or secure
-        hostname = name or socket.getfqdn() or "localhost"
-        context = None
-        if use_tls:
-            context = server_context(TlsConfig(
-                cert_file=cert_file, key_file=key_file, sni=dict(sni or {}), client_ca_file=client_ca_file,
-                require_client_cert=require_client_cert,
-            ), hostname=hostname)
-        features = Features(
-            pipelining=not hide_pipelining, eightbitmime=not hide_8bitmime, smtputf8=not hide_smtputf8,
-            chunking=not hide_chunking and "BDAT" not in disabled, binarymime=not hide_chunking and not hide_8bitmime,
-            dsn=not hide_dsn, enhancedstatuscodes=not hide_enhancedstatuscodes, auth_mechanisms=methods,
-            lmtp=lmtp, disabled=disabled - {"AUTH", "STARTTLS"},
-        )
-        self.settings = ListenerSettings(
-            hostname=hostname, banner=banner, features=features,
-            limits=Limits(max_message_size=size, max_recipients=max_recipients, max_errors=max_errors,
-                          max_auth_failures=max_auth_failures),
-            policies=Policies(bare_line_endings=bare_line_endings,  # type: ignore[arg-type]
-                              long_lines=long_lines,  # type: ignore[arg-type]
-                              unauthorized_pipelining=unauthorized_pipelining),  # type: ignore[arg-type]
-            timeouts=Timeouts(idle=socket_timeout, close=close_timeout, min_data_rate=min_data_rate),
-            tls_context=context, implicit_tls=secure, require_tls=require_tls,
-            require_auth=bool(methods) and not auth_optional, allow_insecure_auth=allow_insecure_auth,
-            auth_failure_delay=auth_failure_delay, proxy_networks=parse_networks(_networks(use_proxy)),
-            xclient_networks=parse_networks(_networks(use_xclient)),
-            xforward_networks=parse_networks(_networks(use_xforward)),
-            max_clients=max_clients, reverse_lookup=reverse_lookup, greeting_delay=greeting_delay,
-            buffer_size=buffer_size,
-        )
-        self.host, self._port, self._sock, self._reuse_port = host, port, sock, reuse_port
-        self.sink: Sink = sink if sink is not None else MemorySink()
-        self.hooks = HookChain()
-        self.listeners = Listeners()
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        config = load_config(None, env={}, overrides={
+            "hostname": name, "banner": banner, "reverse_lookup": reverse_lookup, "listen": [address],
+            "listeners.mode": "lmtp" if lmtp else "smtp",
+            "listeners.tls": "implicit" if secure else "starttls" if tls else "none",
+            "listeners.require_tls": require_tls,
+            "listeners.auth_required": bool(methods) and not auth_optional,
+            "listeners.max_clients": max_clients, "listeners.proxy_protocol": use_proxy is not False,
+            "limits.message_size": size, "limits.recipients": max_recipients, "limits.errors": max_errors,
+            "limits.auth_failures": max_auth_failures, "limits.bare_line_endings": bare_line_endings,
+            "limits.long_lines": long_lines, "limits.unauthorized_pipelining": unauthorized_pipelining,
+            "limits.buffer_size": buffer_size,
+            "timeouts.idle": socket_timeout, "timeouts.close": close_timeout, "timeouts.min_data_rate": min_data_rate,
+            "timeouts.greeting_delay": greeting_delay,
+            "tls.cert_file": cert_file, "tls.key_file": key_file, "tls.sni": dict(sni or {}),
+            "tls.client_ca_file": client_ca_file, "tls.require_client_cert": require_client_cert,
+            "auth.methods": methods, "auth.allow_insecure": allow_insecure_auth,
+            "auth.failure_delay": auth_failure_delay,
+            "trust.proxy": _networks(use_proxy), "trust.xclient": _networks(use_xclient),
+            "trust.xforward": _networks(use_xforward),
+            "features.pipelining": not hide_pipelining, "features.eightbitmime": not hide_8bitmime,
+            "features.smtputf8": not hide_smtputf8, "features.chunking": not hide_chunking,
+            "features.dsn": not hide_dsn, "features.enhancedstatuscodes": not hide_enhancedstatuscodes,
+            "features.disabled_commands": disabled, "logging.sessions": log_sessions,
+        })
+        self._setup(config, hooks, sink if sink is not None else MemorySink(), sock, reuse_port)
+
+    @classmethod
+    def from_config(cls, config: Config, hooks: Hooks | None = None, *, sink: Sink | None = None,
+                    sock: socket.socket | None = None, reuse_port: bool = False) -> SMTPServer:
+        """The server ``smtpfront serve``'s workers run for ``config`` (every listener; the
+        sink ``config.queue`` names unless ``sink`` is given), in this process."""
+        server = cls.__new__(cls)
+        server._setup(config, hooks, sink, sock, reuse_port)
+        return server
+
+    def _setup(self, config: Config, hooks: Hooks | None, sink: Sink | None, sock: socket.socket | None,
+               reuse_port: bool) -> None:
+        built = assemble(config, sink=sink, reuse_port=reuse_port)
+        if sock is not None:
+            built.listeners[0] = replace(built.listeners[0], sock=sock)
+        self.config = config
+        self._listeners = built.listeners
+        self.settings: ListenerSettings = built.listeners[0].settings
+        self.host, self._port = built.listeners[0].host, built.listeners[0].port
+        self.sink: Sink = built.sink
+        self.hooks = built.hooks
+        self.listeners = built.events
         if hooks is not None:
             self.hooks.use(hooks)
-        if log_sessions:
-            install_session_log(self.listeners)
         self._worker: WorkerServer | None = None
         self._stopped = asyncio.Event()
 
@@ -212,9 +220,8 @@ class SMTPServer:
         start = getattr(self.sink, "start", None)
         if start is not None:
             await start()
-        listener = Listener(self.settings, host=self.host, port=self._port, sock=self._sock,
-                            reuse_port=self._reuse_port)
-        self._worker = WorkerServer([listener], self.hooks, self.sink, self.listeners, _trace)
+        listeners = [replace(self._listeners[0], settings=self.settings), *self._listeners[1:]]
+        self._worker = WorkerServer(listeners, self.hooks, self.sink, self.listeners, trace)
         await self._worker.start()
 
     @property
@@ -249,7 +256,3 @@ class SMTPServer:
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         await self.close()
-
-
-def _trace(envelope: Envelope, server_name: str) -> bytes:
-    return received_header(envelope, server_name=server_name, queue_id=envelope.id, when=envelope.received_at)

@@ -67,9 +67,11 @@ def test_no_path_reads_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_config().workers == 3
 
 
-def test_limits_and_timeouts_mirror_core_and_aio() -> None:
-    from smtpfront.aio.settings import ListenerSettings, Timeouts
+def test_limits_mirror_core_and_timeouts_and_tls_are_the_connections_own() -> None:
+    from smtpfront.aio.settings import ListenerSettings
+    from smtpfront.aio.tls import server_context
     from smtpfront.core.options import Limits, Policies
+    from smtpfront.core.sasl import MECHANISMS
 
     limits, core, policies = LimitsConfig(), Limits(), Policies()
     for f in dataclasses.fields(Limits):
@@ -78,25 +80,19 @@ def test_limits_and_timeouts_mirror_core_and_aio() -> None:
         assert getattr(limits, f.name) == getattr(policies, f.name), f.name
     settings = ListenerSettings()
     assert (limits.buffer_size, limits.body_stream_limit) == (settings.buffer_size, settings.body_stream_limit)
-    timeouts = TimeoutsConfig()
-    for f in dataclasses.fields(Timeouts):
-        assert getattr(timeouts, f.name) == getattr(Timeouts(), f.name), f.name
-    assert timeouts.greeting_delay == settings.greeting_delay
+    # No twins: a connection's timeouts are the configuration's class, TLS takes the config's.
+    assert type(settings.timeouts) is TimeoutsConfig and settings.timeouts == TimeoutsConfig()
+    assert inspect.signature(server_context).parameters["config"].annotation in ("TlsConfig", config_module.TlsConfig)
+    assert AUTH_METHODS == MECHANISMS
 
 
-def test_redis_tls_and_auth_mirror_their_modules() -> None:
-    from smtpfront.aio.tls import TlsConfig as AioTls
-    from smtpfront.core.sasl import MECHANISMS
+def test_redis_options_mirror_the_sink() -> None:
     from smtpfront.sink.redis_streams import RedisStreamSink
 
-    assert AUTH_METHODS == MECHANISMS
     params = inspect.signature(RedisStreamSink).parameters
     redis = Config().redis
     for f in dataclasses.fields(redis):
         assert getattr(redis, f.name) == params[f.name].default, f.name
-    tls, aio = Config().tls, AioTls()
-    for f in dataclasses.fields(AioTls):
-        assert getattr(tls, f.name) == getattr(aio, f.name), f.name
 
 
 def test_config_module_imports_only_the_stdlib() -> None:

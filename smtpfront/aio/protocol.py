@@ -261,7 +261,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
                 pending = self._HANDLERS[type(event)](self, event)
                 if pending is not None:
                     # The task's own pump writes the replies queued so far together with
-                    # its own: one write per read (PERFORMANCE.md), not one per step.
+                    # its own: one write per read (ARCHITECTURE.md, performance facts), not one per step.
                     self._run(pending)
                     return
         except RemoteProtocolError as exc:
@@ -374,8 +374,8 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             return
         if settings.reverse_lookup:
             self.session.client_name = await self._reverse_lookup()
-        if settings.greeting_delay:
-            await asyncio.sleep(settings.greeting_delay)
+        if settings.timeouts.greeting_delay:
+            await asyncio.sleep(settings.timeouts.greeting_delay)
         reply = await self._decide("CONNECT", None, self._connect_hook)
         self.conn.send(reply)
         self.state.instruments.greeting.observe(self.loop.time() - self._accepted)

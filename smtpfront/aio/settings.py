@@ -13,9 +13,10 @@ import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from ..config import TimeoutsConfig
 from ..core.options import Features, Limits, Policies
 
-__all__ = ["ListenerSettings", "Timeouts", "Networks", "parse_networks"]
+__all__ = ["ListenerSettings", "Networks", "parse_networks"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Networks = tuple[Network, ...]
@@ -53,21 +54,6 @@ def in_networks(address: str, networks: Networks) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class Timeouts:
-    """Seconds. Postfix's smtpd_timeout is 300 s; RFC 5321 §4.5.3.2.7 asks for ≥ 5 min."""
-
-    greeting: float = 10.0  # PROXY header and TLS handshake before the greeting
-    idle: float = 300.0  # a whole command line must arrive within this (not just some bytes)
-    data: float = 300.0  # allowance for a body, extended by min_data_rate
-    min_data_rate: int = 500  # octets/s; each octet buys 1/min_data_rate s (Postfix smtpd_min_data_rate)
-    tls_handshake: float = 30.0
-    sink: float = 30.0  # queue commit; past it the client gets 451 4.3.0
-    hook: float = 60.0  # any one hook call; past it the client gets 451 4.3.0
-    close: float = 30.0  # graceful close: how long open transactions may finish
-    reverse_lookup: float = 1.5
-
-
-@dataclass(frozen=True, slots=True)
 class ListenerSettings:
     """Everything a connection on one listener is built from."""
 
@@ -76,7 +62,7 @@ class ListenerSettings:
     features: Features = field(default_factory=Features)
     limits: Limits = field(default_factory=Limits)
     policies: Policies = field(default_factory=Policies)
-    timeouts: Timeouts = field(default_factory=Timeouts)
+    timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
     tls_context: ssl.SSLContext | None = None
     implicit_tls: bool = False  # port 465 style: TLS before the greeting
     require_tls: bool = False  # MAIL/RCPT/DATA refused before STARTTLS
@@ -88,7 +74,6 @@ class ListenerSettings:
     xforward_networks: Networks = ()
     max_clients: int = 0  # per worker; 0 = unlimited
     reverse_lookup: bool = False
-    greeting_delay: float = 0.0  # > 0: wait, and refuse clients that talk first (pregreet test)
     buffer_size: int = 64 * 1024
     body_stream_limit: int = 1024 * 1024  # octets buffered for a slow on_data consumer
 

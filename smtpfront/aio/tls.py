@@ -27,8 +27,7 @@ import ssl
 import stat
 import tempfile
 import weakref
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import cast
 
 from cryptography import x509
@@ -36,7 +35,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["TlsConfig", "server_context", "generate_self_signed", "tls_facts"]
+from ..config import TlsConfig
+
+__all__ = ["server_context", "generate_self_signed", "tls_facts"]
 
 log = logging.getLogger(__name__)
 
@@ -54,34 +55,6 @@ _SHORT_NAMES = {
 }
 _RENEW_MARGIN = datetime.timedelta(days=1)
 _Rdns = tuple[tuple[tuple[str, str], ...], ...]  # getpeercert()'s "subject" and "issuer"
-
-
-@dataclass(frozen=True, slots=True)
-class TlsConfig:
-    """TLS settings of one listener.
-
-    Attributes:
-        cert_file: PEM certificate chain; with ``key_file`` also ``None``, a self-signed
-            certificate is generated.
-        key_file: PEM private key for ``cert_file``.
-        sni: Server name (exact, or ``*.example.com`` for one label) to a
-            ``(cert_file, key_file)`` pair; other names get the default certificate.
-        client_ca_file: When set, client certificates are requested and verified against it.
-        require_client_cert: Refuse clients without a certificate (needs ``client_ca_file``).
-        min_version: ``"TLSv1.2"`` or ``"TLSv1.3"``.
-        ciphers: OpenSSL cipher string for TLS 1.2; ``None`` keeps the ``ssl`` default.
-        self_signed_dir: Where a generated pair is cached; ``None`` uses a private
-            directory under the system temp dir.
-    """
-
-    cert_file: str | None = None
-    key_file: str | None = None
-    sni: Mapping[str, tuple[str, str]] = field(default_factory=dict)
-    client_ca_file: str | None = None
-    require_client_cert: bool = False
-    min_version: str = "TLSv1.2"
-    ciphers: str | None = None
-    self_signed_dir: str | None = None
 
 
 def server_context(config: TlsConfig, *, hostname: str = "localhost") -> ssl.SSLContext:

@@ -8,7 +8,7 @@ under every policy. Nothing else about the body is changed, except that "normali
 each bare CR or LF into CRLF.
 
 The hot path does no per-line Python work: one precompiled ``re`` search for ``CRLF "."``
-(faster than ``bytearray.find`` on English text, see PERFORMANCE.md) and slicing around each
+(faster than ``bytearray.find`` on English text, see ARCHITECTURE.md's performance facts) and slicing around each
 hit. Checks that need a closer look (bare line endings, long lines) run over the whole
 consumed region at once, in C, and only when a policy asks for them.
 """

@@ -1,6 +1,6 @@
 """Maildir sink: one file per message, made visible by an atomic rename.
 
-Rule (DESIGN.md "Nothing lost"): a message reaches ``new/`` only whole, and with
+Rule (ARCHITECTURE.md "Nothing lost"): a message reaches ``new/`` only whole, and with
 ``fsync=True`` only after its data is on disk; ``commit`` returns (and the client gets
 ``250``) only after the ``new/`` directory entry is on disk too. A file in ``tmp/`` is
 never a message: readers ignore it, and a failure or an abort unlinks it.

@@ -104,6 +104,9 @@ class Arbiter:
         reload_check: called on SIGHUP before new workers start; raising keeps the old ones.
         on_reaped: called with a reaped worker's pid and whether its exit was unexpected
             (metrics: the worker's files are marked dead, restarts counted).
+        respawn_backoff: seconds before a crashed worker is replaced; doubled for each worker
+            that dies within 10 s of its start, up to ``respawn_backoff_max``; back to 0 once
+            a worker lived longer.
     """
 
     worker_main: Callable[[WorkerContext], int]
@@ -112,6 +115,8 @@ class Arbiter:
     heartbeat_timeout: float = 30.0
     reload_check: Callable[[], None] | None = None
     on_reaped: Callable[[int, bool], None] | None = None
+    respawn_backoff: float = 0.1
+    respawn_backoff_max: float = 5.0
     _children: dict[int, _Worker] = field(default_factory=dict)
     _generation: int = 0
     _stopping: bool = False
@@ -383,7 +388,8 @@ class Arbiter:
             return
         # Respawn with a backoff that grows when workers die young and resets when they live.
         lived = time.monotonic() - worker.started
-        self._respawn_delay = 0.0 if lived > 10 else min(5.0, self._respawn_delay * 2 or 0.1)
+        self._respawn_delay = 0.0 if lived > 10 else min(
+            self.respawn_backoff_max, self._respawn_delay * 2 or self.respawn_backoff)
         self._next_spawn = time.monotonic() + self._respawn_delay
 
     def _murder_stuck(self) -> None:

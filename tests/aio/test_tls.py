@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from smtpfront.aio.tls import TlsConfig, generate_self_signed, server_context, tls_facts
+from smtpfront.aio.tls import generate_self_signed, server_context, tls_facts
+from smtpfront.config import TlsConfig
 
 T = TypeVar("T")
 TIMEOUT = 10

@@ -7,7 +7,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-from smtpfront.aio.settings import Timeouts
+from smtpfront.config import TimeoutsConfig
 from smtpfront.server import SMTPServer
 from smtpfront.sink.base import Envelope, SinkError
 from smtpfront.sink.memory import MemorySink
@@ -66,7 +66,7 @@ def eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:
 def start_with(start_server: StartServer, sink: FutureSink, sink_timeout: float = 10.0):  # type: ignore[no-untyped-def]
     def setup(server: SMTPServer) -> None:
         server.sink = sink
-        server.with_settings(timeouts=Timeouts(sink=sink_timeout))
+        server.with_settings(timeouts=TimeoutsConfig(sink=sink_timeout))
 
     return start_server(setup=setup)
 

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from smtpfront.aio.settings import Timeouts
+from smtpfront.config import TimeoutsConfig
 from smtpfront.core.events import Address, MailParams, RcptParams, SaslCredentials
 from smtpfront.core.replies import Reply
 from smtpfront.hooks import CommandContext, Hooks, IncomingMessage, Reject, Session
@@ -261,7 +261,7 @@ class Slow(Hooks):
 
 def test_hook_timeout(start_server: StartServer) -> None:
     def setup(server: SMTPServer) -> None:
-        server.with_settings(timeouts=Timeouts(hook=0.2))
+        server.with_settings(timeouts=TimeoutsConfig(hook=0.2))
 
     server = start_server(Slow(), setup=setup)
     with Client(server.port) as c:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 
-from smtpfront.aio.settings import Timeouts
+from smtpfront.config import TimeoutsConfig
 from smtpfront.server import SMTPServer
 
 from .conftest import Client, Running, StartServer, send_message
@@ -95,7 +95,7 @@ def test_whole_command_deadline(start_server: StartServer) -> None:
 
 
 def _slow_data(server: SMTPServer) -> None:
-    server.with_settings(timeouts=Timeouts(idle=5.0, data=0.5, min_data_rate=1_000_000))
+    server.with_settings(timeouts=TimeoutsConfig(idle=5.0, data=0.5, min_data_rate=1_000_000))
 
 
 def test_min_data_rate(start_server: StartServer) -> None:

@@ -6,7 +6,7 @@ import contextlib
 import socket
 import ssl
 
-from smtpfront.aio.settings import Timeouts
+from smtpfront.config import TimeoutsConfig
 from smtpfront.core.events import Address, MailParams
 from smtpfront.core.proxy import encode_proxy_v1, encode_proxy_v2
 from smtpfront.hooks import Hooks, Session
@@ -91,7 +91,7 @@ def test_trusted_peer_without_header_is_refused(start_server: StartServer) -> No
 
 def test_trusted_peer_that_sends_nothing_times_out(start_server: StartServer) -> None:
     def setup(server: SMTPServer) -> None:
-        server.with_settings(timeouts=Timeouts(greeting=0.3))
+        server.with_settings(timeouts=TimeoutsConfig(greeting=0.3))
 
     server = start_server(use_proxy=TRUSTED, setup=setup)
     with Client(server.port) as c:

@@ -44,15 +44,17 @@ def test_compiled_modules_are_current() -> None:
 @pytest.mark.skipif(EXPECT_PURE, reason="this is the interpreted run itself")
 def test_the_interpreted_core_passes_the_core_tests(tmp_path: Path) -> None:
     # A tree holding only sources: an empty top package (the real one imports the server),
-    # the core's .py files, and this test folder. Its own root, so nothing compiled is found.
+    # the core's .py files, this test folder and pyproject.toml. Its own root, so nothing compiled is found.
     package = tmp_path / "smtpfront"
     shutil.copytree(ROOT / "smtpfront" / "core", package / "core", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
     (package / "__init__.py").write_text('"""The core alone, interpreted."""\n')
     shutil.copytree(ROOT / "tests" / "core", tmp_path / "tests" / "core", ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "tests" / "__init__.py").write_text("")
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)  # the import contracts test_layers reads
     env = {**os.environ, "SMTPFRONT_EXPECT_PURE": "1", "PYTHONPATH": str(tmp_path)}
     result = subprocess.run(
-        [sys.executable, "-P", "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "--rootdir", str(tmp_path),
+        [sys.executable, "-P", "-m", "pytest", "-q", "-o", "addopts=", "-x", "-p", "no:cacheprovider", "--rootdir",
+         str(tmp_path),
          "tests/core"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )

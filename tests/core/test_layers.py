@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import ast
 import sys
+import tomllib
 from pathlib import Path
 
 import smtpfront.core
 
 CORE = Path(smtpfront.core.__file__).parent
-FORBIDDEN = {"asyncio", "socket", "ssl", "time", "logging", "selectors", "threading", "subprocess"}
+
+
+def _forbidden() -> set[str]:
+    """The one statement of the rule: pyproject.toml's "core is sans-IO" import contract."""
+    project = tomllib.loads((CORE.parents[1] / "pyproject.toml").read_text())
+    [contract] = [c for c in project["tool"]["importlinter"]["contracts"] if c["name"].startswith("core is sans-IO")]
+    assert contract["source_modules"] == ["smtpfront.core"]
+    return set(contract["forbidden_modules"])
+
+
+FORBIDDEN = _forbidden()
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -19,13 +19,13 @@ import pytest
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
+from smtpfront.assembly import build_sink
 from smtpfront.config import load_config
 from smtpfront.consumer import Consumer, Message
 from smtpfront.server import SMTPServer
 from smtpfront.sink.base import SinkError
 from smtpfront.sink.record import decode_record
 from smtpfront.sink.redis_streams import DEFAULT_SHARDS, QueueURL, RedisStreamSink, parse_queue_url, shard_stream
-from smtpfront.supervisor.worker import build_sink
 
 from ..conftest import RedisClusterNodes, RedisServer, free_port
 from .test_redis_streams import attempt, envelope

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
+import pytest
 import redis
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -48,13 +49,13 @@ GRACE = 10.0  # --graceful-timeout: far above what draining these sessions takes
 class Master(Serve):
     """``smtpfront serve`` with exactly the given arguments (``Serve``'s waits, ``send`` and ``stop``)."""
 
-    def __init__(self, tmp: Path, port: int, *args: str) -> None:
+    def __init__(self, tmp: Path, port: int, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = port
         self.log = tmp / "serve.log"
         self.spool = tmp / "spool"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "smtpfront", "serve", "--metrics-listen", f"127.0.0.1:{free_port()}", *args],
-            stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
+            stdout=self.log.open("wb"), stderr=subprocess.STDOUT, env=env,
         )
 
 
@@ -535,3 +536,32 @@ def test_listening_sockets_follow_the_worker_slots(tmp_path: Path) -> None:
         more = settled(2)
         assert fewer < more and len(more) == 2
         assert master.stop() == 0
+
+
+@pytest.mark.parametrize("backoff", [0.1, 2.5])
+def test_the_respawn_backoff_is_the_configured_one(tmp_path: Path, backoff: float) -> None:
+    """supervisor.respawn_backoff is what the master waits before replacing a worker that died
+    young (here: killed right after it started), doubling up to respawn_backoff_max."""
+    port = free_port()
+    env = {**os.environ, "SMTPFRONT_SUPERVISOR__RESPAWN_BACKOFF": str(backoff),
+           "SMTPFRONT_SUPERVISOR__RESPAWN_BACKOFF_MAX": str(backoff * 2)}
+    master = Master(tmp_path, port, "--listen", f"127.0.0.1:{port}", "--workers", "1", "--queue", "null:",
+                    "--no-tls", env=env)
+    try:
+        master.ready()
+        gaps = []
+        for _ in range(2):
+            [old] = master.wait_workers(1)
+            os.kill(old, signal.SIGKILL)
+            killed = time.monotonic()
+            master.wait_workers(1, exclude={old}, timeout=TIMEOUT)
+            gaps.append(time.monotonic() - killed)
+        # The first wait is the backoff, the second twice it (the worker died young again).
+        assert backoff <= gaps[0] < backoff + 3, gaps
+        assert 2 * backoff <= gaps[1] < 2 * backoff + 3, gaps
+    finally:
+        for pid in master.workers():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        master.proc.kill()
+        master.proc.wait(timeout=TIMEOUT)
