@@ -129,6 +129,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         self._proxy_exact = False
         self._pre_tls: bytearray | None = None  # implicit TLS: octets read before start_tls
         self._tls_spare = memoryview(b"")
+        self._handshaking = False  # start_tls owns the transport's callbacks
 
     # -- asyncio callbacks ------------------------------------------------------------
 
@@ -223,16 +224,25 @@ class SMTPProtocol(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        self._end_session()
+
+    def _end_session(self) -> None:
+        """Release the session, once: the gauge, ``max_clients`` and the drain see it gone.
+
+        ``connection_lost`` ends it, and so does a TLS handshake that did not finish: from
+        ``start_tls`` on the TLS layer owns the transport's callbacks and never passes
+        ``connection_lost`` on for such a connection (``_handshake``).
+        """
         if self not in self.state.connections:
-            return  # refused at connect (max_clients, shutting down): no session began
+            return  # ended already, or refused at connect (max_clients, shutting down)
         self.state.connections.discard(self)
         self.state.instruments.active.dec()
         self.state.tally.session_ended(self.conn, self.session.tls is not None, self.session.user is not None)
         self.deadline.cancel()
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-        if self._data_task is not None and not self._data_task.done():
-            self._data_task.cancel()
+        current = asyncio.current_task()
+        for task in (self._task, self._data_task):
+            if task is not None and not task.done() and task is not current:
+                task.cancel()
         self.loop.create_task(self._finish_session())
 
     def pause_writing(self) -> None:
@@ -402,7 +412,23 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             return None
 
     async def _handshake(self) -> bool:
-        """Run the TLS handshake on this transport (implicit TLS or after STARTTLS)."""
+        """Run the TLS handshake on this transport (implicit TLS or after STARTTLS).
+
+        However it fails (reset, EOF, not TLS, timeout, closed by a shutdown, cancelled),
+        the session ends here: the TLS layer does not report the lost connection to us.
+        """
+        done = False
+        self._handshaking = True
+        try:
+            done = await self._start_tls()
+        finally:
+            self._handshaking = False
+            if not done:
+                self._close()
+                self._end_session()
+        return done
+
+    async def _start_tls(self) -> bool:
         assert self.transport is not None and self.settings.tls_context is not None
         starting = self.loop.create_task(
             self.loop.start_tls(self.transport, self, self.settings.tls_context, server_side=True))
@@ -410,20 +436,23 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             # start_tls pauses the transport and installs its protocol in its first step,
             # which runs before this task resumes; until then octets still come here. Hand
             # them over before start_tls resumes reading (its callbacks come after this).
-            await asyncio.sleep(0)
+            try:
+                await asyncio.sleep(0)
+            except asyncio.CancelledError:  # the connection was lost meanwhile
+                starting.cancel()
+                raise
             early, self._pre_tls, self._tls_spare = self._pre_tls, None, memoryview(b"")
             if early and not self._feed_tls(bytes(early)):
                 starting.cancel()
-                self._close()
                 return False
         try:
             new = await asyncio.wait_for(starting, self.settings.timeouts.tls_handshake)
         except (TimeoutError, OSError, ConnectionError) as exc:
             log.info("session %s: TLS handshake failed: %s", self.session.id, exc)
-            self._close()
             return False
-        if new is None:
-            self._close()
+        if new is None or new.is_closing() or self._closed:
+            # An EOF during the handshake completes start_tls with an already closed transport.
+            log.info("session %s: TLS handshake failed: connection closed", self.session.id)
             return False
         self.transport = new
         self._read_paused = False
@@ -821,7 +850,9 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         """Graceful close: idle sessions get 421 now; a transaction may finish first."""
         if self._closed:
             return
-        if self.conn.state in _IDLE_STATES and not self._busy:
+        if self._handshaking:
+            self._close()  # no transaction yet, and a 421 in plain text would break the TLS stream
+        elif self.conn.state in _IDLE_STATES and not self._busy:
             self.conn.send(R.SHUTTING_DOWN)
             self._flush()
             self._close()
@@ -831,8 +862,9 @@ class SMTPProtocol(asyncio.BufferedProtocol):
     def abort(self) -> None:
         """The graceful window is over: 421 and close, whatever the state."""
         if not self._closed:
-            self.conn.send(R.SHUTTING_DOWN)  # through the core: enhanced code only when offered
-            self._flush()
+            if not self._handshaking:
+                self.conn.send(R.SHUTTING_DOWN)  # through the core: enhanced code only when offered
+                self._flush()
             self._close()
 
     def _emit(self, name: str, *args: object) -> None:
