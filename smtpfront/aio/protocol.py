@@ -229,9 +229,10 @@ class SMTPProtocol(asyncio.BufferedProtocol):
     def _end_session(self) -> None:
         """Release the session, once: the gauge, ``max_clients`` and the drain see it gone.
 
-        ``connection_lost`` ends it, and so does a TLS handshake that did not finish: from
-        ``start_tls`` on the TLS layer owns the transport's callbacks and never passes
-        ``connection_lost`` on for such a connection (``_handshake``).
+        ``connection_lost`` ends it, and so does a TLS handshake that did not finish
+        (``_handshake``): from ``start_tls`` on the TLS layer owns the transport's callbacks,
+        and it passes ``connection_lost`` on for a handshake it gave up (timeout, not TLS)
+        but not for a connection reset or closed by the client mid-handshake.
         """
         if self not in self.state.connections:
             return  # ended already, or refused at connect (max_clients, shutting down)
@@ -415,7 +416,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         """Run the TLS handshake on this transport (implicit TLS or after STARTTLS).
 
         However it fails (reset, EOF, not TLS, timeout, closed by a shutdown, cancelled),
-        the session ends here: the TLS layer does not report the lost connection to us.
+        the session ends here, whether or not the TLS layer reports the lost connection.
         """
         done = False
         self._handshaking = True

@@ -17,6 +17,9 @@ from collections.abc import Callable
 
 import pytest
 
+from smtpfront.aio.settings import Timeouts
+from smtpfront.server import SMTPServer
+
 from .conftest import HOSTNAME, TIMEOUT, Client, Running, StartServer
 
 MAX_CLIENTS = 50
@@ -93,10 +96,36 @@ def _wait_sessions(server: Running, count: int, timeout: float) -> int:
     return left
 
 
+class _Events:
+    """Counts the "connect" and "close" events a server emits (its session listeners)."""
+
+    def __init__(self) -> None:
+        self.opened = self.closed = 0
+
+    def install(self, server: SMTPServer) -> None:
+        server.on("connect", self._opened)
+        server.on("close", self._closed)
+
+    def _opened(self, *_: object) -> None:
+        self.opened += 1
+
+    def _closed(self, *_: object) -> None:
+        self.closed += 1
+
+    def settle(self, server: Running) -> None:
+        """Wait (bounded) until every connect has its close, and a little more for extras."""
+        deadline = time.monotonic() + 5.0
+        while self.closed < self.opened and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.2)  # a second close, if there were one, would come in this time
+
+
 @pytest.mark.parametrize("kind", ["implicit", "starttls"])
 def test_sessions_reset_during_the_handshake_all_end(start_server: StartServer, client_context: ssl.SSLContext,
                                                      kind: str) -> None:
-    server = start_server(secure=kind == "implicit", max_clients=MAX_CLIENTS, close_timeout=CLOSE_TIMEOUT)
+    events = _Events()
+    server = start_server(setup=events.install, secure=kind == "implicit", max_clients=MAX_CLIENTS,
+                          close_timeout=CLOSE_TIMEOUT)
     connect: Callable[[int], socket.socket | None] = _implicit if kind == "implicit" else _after_starttls
     hello = _client_hello(client_context)
     attempts = refused = 0
@@ -113,6 +142,8 @@ def test_sessions_reset_during_the_handshake_all_end(start_server: StartServer, 
     print(f"{kind}: {attempts} abandoned handshakes, sessions left: {left}, refused as full: {refused}")
     assert (left, refused) == (0, 0), (
         f"{left} sessions abandoned in the TLS handshake are still open; {refused} later clients refused")
+    events.settle(server)
+    assert events.closed == events.opened == attempts  # each session ended once (on_close listeners)
 
     # max_clients is free: as many clients as it allows are all greeted.
     clients: list[Client] = []
@@ -148,3 +179,32 @@ def test_sessions_reset_during_the_handshake_all_end(start_server: StartServer, 
         for sock in stalled:
             if sock is not None:
                 sock.close()
+
+
+@pytest.mark.parametrize("kind", ["implicit", "starttls"])
+@pytest.mark.parametrize("point", ["before-hello", "half-hello", "server-flight"])
+def test_a_handshake_that_times_out_ends_its_session(start_server: StartServer, client_context: ssl.SSLContext,
+                                                     kind: str, point: str) -> None:
+    handshake = 0.5
+
+    events = _Events()
+
+    def setup(server: SMTPServer) -> None:
+        server.with_settings(timeouts=Timeouts(tls_handshake=handshake))
+        events.install(server)
+
+    server = start_server(setup=setup, secure=kind == "implicit")
+    connect: Callable[[int], socket.socket | None] = _implicit if kind == "implicit" else _after_starttls
+    sock = connect(server.port)
+    assert sock is not None
+    try:
+        assert _go_to(sock, point, _client_hello(client_context))
+        started = time.monotonic()
+        assert Client(server.port, sock=sock).closed()  # the server gives up on the handshake
+        assert time.monotonic() - started < 10 * handshake
+        left = _wait_sessions(server, 0, timeout=5.0)
+        assert left == 0, "the session of a timed-out handshake is still open"
+        events.settle(server)
+        assert (events.opened, events.closed) == (1, 1)  # the TLS layer reports this loss too: once
+    finally:
+        sock.close()
