@@ -61,7 +61,7 @@ from ..core.replies import Reply
 from ..core.states import State
 from ..hooks import CommandContext, HookChain, Listeners, Reject, Session
 from ..metrics import instruments
-from ..sink.base import Envelope, MessageWriter, Sink, SinkError
+from ..sink.base import Envelope, MessageWriter, Sink, SinkError, StorageFullError
 from .body import BodyStream
 from .sessionlog import debug_command, debug_enabled, debug_replies
 from .settings import ListenerSettings, in_networks
@@ -613,12 +613,14 @@ class SMTPProtocol(asyncio.BufferedProtocol):
                 self._envelope = envelope
             except (SinkError, OSError) as exc:
                 log.warning("session %s: queue refused a new message: %s", self.session.id, exc)
-                reply = R.QUEUE_UNAVAILABLE
+                reply = _queue_refusal(exc)
         if reply.is_positive and self.hooks.implements("on_data"):
             self._stream = BodyStream(self.settings.body_stream_limit)
             self._data_task = self.loop.create_task(self._ask("on_data", self.session, self._stream))
         if verb == "DATA":
             self.conn.send(reply if not reply.is_positive or reply.code == 354 else START_DATA)
+            if not reply.is_positive:
+                self._count_outcome(reply)  # the message ends here (BDAT's ends at its chunk)
         elif not reply.is_positive:
             # BDAT has no reply before its chunk: remember the refusal for the chunk's end.
             self._refusal = reply
@@ -653,7 +655,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             except SinkError as exc:
                 log.warning("session %s: queue write failed: %s", self.session.id, exc)
                 self._writer = None
-                self._refusal = R.QUEUE_UNAVAILABLE
+                self._refusal = _queue_refusal(exc)
                 self.loop.create_task(writer.abort())
             else:
                 pressure = writer.pressure()
@@ -687,13 +689,17 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             m = self.state.instruments
             m.dot_to_reply.observe(self.loop.time() - started)
             m.received_bytes.inc(event.size)
-            first = replies[0]
-            (m.accepted if first.is_positive else m.tempfailed if first.is_transient else m.rejected).inc()
-        if event.last or not replies[0].is_positive:
+        if event.last or not replies[0].is_positive:  # the message ends here
+            self._count_outcome(replies[0])
             self.session.reset_transaction()
             if self._draining:
                 self.conn.send(R.SHUTTING_DOWN)
         self._touch()
+
+    def _count_outcome(self, reply: Reply) -> None:
+        """One message ended with ``reply`` (the first, for LMTP): accepted, tempfailed or rejected."""
+        m = self.state.instruments
+        (m.accepted if reply.is_positive else m.tempfailed if reply.is_transient else m.rejected).inc()
 
     async def _message_replies(self, event: BodyEnd, due: int) -> list[Reply]:
         """The replies that end a chunk or a message; ``due`` of them (LMTP: per recipient)."""
@@ -735,7 +741,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         except (TimeoutError, SinkError, OSError) as exc:
             log.warning("session %s: queue commit failed: %s", self.session.id, exc)
             await _quietly(writer.abort())
-            return [R.QUEUE_UNAVAILABLE] * due
+            return [_queue_refusal(exc)] * due
         finally:
             self._stream = self._data_task = None
         self.state.messages_accepted += 1
@@ -880,6 +886,11 @@ _SIMPLE: dict[type, tuple[str, Reply]] = {
     Rset: ("RSET", R.RESET_OK), Noop: ("NOOP", R.NOOP_OK), Quit: ("QUIT", R.BYE),
     Vrfy: ("VRFY", R.VRFY_CANNOT), Help: ("HELP", R.HELP),
 }
+
+
+def _queue_refusal(exc: BaseException) -> Reply:
+    """The reply to a queue that cannot take a message: 452 4.3.1 when its storage is full."""
+    return R.INSUFFICIENT_STORAGE if isinstance(exc, StorageFullError) else R.QUEUE_UNAVAILABLE
 
 
 def _per_recipient(decision: Reply | Sequence[Reply] | None, due: int) -> list[Reply]:
