@@ -61,7 +61,7 @@ from ..core.replies import Reply
 from ..core.states import State
 from ..hooks import CommandContext, HookChain, Listeners, Reject, Session
 from ..metrics import instruments
-from ..sink.base import Envelope, MessageWriter, Sink, SinkError
+from ..sink.base import Envelope, MessageWriter, Sink, SinkError, StorageFullError
 from .body import BodyStream
 from .sessionlog import debug_command, debug_enabled, debug_replies
 from .settings import ListenerSettings, in_networks
@@ -129,6 +129,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         self._proxy_exact = False
         self._pre_tls: bytearray | None = None  # implicit TLS: octets read before start_tls
         self._tls_spare = memoryview(b"")
+        self._handshaking = False  # start_tls owns the transport's callbacks
 
     # -- asyncio callbacks ------------------------------------------------------------
 
@@ -223,16 +224,26 @@ class SMTPProtocol(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        self._end_session()
+
+    def _end_session(self) -> None:
+        """Release the session, once: the gauge, ``max_clients`` and the drain see it gone.
+
+        ``connection_lost`` ends it, and so does a TLS handshake that did not finish
+        (``_handshake``): from ``start_tls`` on the TLS layer owns the transport's callbacks,
+        and it passes ``connection_lost`` on for a handshake it gave up (timeout, not TLS)
+        but not for a connection reset or closed by the client mid-handshake.
+        """
         if self not in self.state.connections:
-            return  # refused at connect (max_clients, shutting down): no session began
+            return  # ended already, or refused at connect (max_clients, shutting down)
         self.state.connections.discard(self)
         self.state.instruments.active.dec()
         self.state.tally.session_ended(self.conn, self.session.tls is not None, self.session.user is not None)
         self.deadline.cancel()
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-        if self._data_task is not None and not self._data_task.done():
-            self._data_task.cancel()
+        current = asyncio.current_task()
+        for task in (self._task, self._data_task):
+            if task is not None and not task.done() and task is not current:
+                task.cancel()
         self.loop.create_task(self._finish_session())
 
     def pause_writing(self) -> None:
@@ -405,7 +416,23 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             return None
 
     async def _handshake(self) -> bool:
-        """Run the TLS handshake on this transport (implicit TLS or after STARTTLS)."""
+        """Run the TLS handshake on this transport (implicit TLS or after STARTTLS).
+
+        However it fails (reset, EOF, not TLS, timeout, closed by a shutdown, cancelled),
+        the session ends here, whether or not the TLS layer reports the lost connection.
+        """
+        done = False
+        self._handshaking = True
+        try:
+            done = await self._start_tls()
+        finally:
+            self._handshaking = False
+            if not done:
+                self._close()
+                self._end_session()
+        return done
+
+    async def _start_tls(self) -> bool:
         assert self.transport is not None and self.settings.tls_context is not None
         starting = self.loop.create_task(
             self.loop.start_tls(self.transport, self, self.settings.tls_context, server_side=True))
@@ -413,20 +440,23 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             # start_tls pauses the transport and installs its protocol in its first step,
             # which runs before this task resumes; until then octets still come here. Hand
             # them over before start_tls resumes reading (its callbacks come after this).
-            await asyncio.sleep(0)
+            try:
+                await asyncio.sleep(0)
+            except asyncio.CancelledError:  # the connection was lost meanwhile
+                starting.cancel()
+                raise
             early, self._pre_tls, self._tls_spare = self._pre_tls, None, memoryview(b"")
             if early and not self._feed_tls(bytes(early)):
                 starting.cancel()
-                self._close()
                 return False
         try:
             new = await asyncio.wait_for(starting, self.settings.timeouts.tls_handshake)
         except (TimeoutError, OSError, ConnectionError) as exc:
             log.info("session %s: TLS handshake failed: %s", self.session.id, exc)
-            self._close()
             return False
-        if new is None:
-            self._close()
+        if new is None or new.is_closing() or self._closed:
+            # An EOF during the handshake completes start_tls with an already closed transport.
+            log.info("session %s: TLS handshake failed: connection closed", self.session.id)
             return False
         self.transport = new
         self._read_paused = False
@@ -588,12 +618,14 @@ class SMTPProtocol(asyncio.BufferedProtocol):
                 self._envelope = envelope
             except (SinkError, OSError) as exc:
                 log.warning("session %s: queue refused a new message: %s", self.session.id, exc)
-                reply = R.QUEUE_UNAVAILABLE
+                reply = _queue_refusal(exc)
         if reply.is_positive and self.hooks.implements("on_data"):
             self._stream = BodyStream(self.settings.body_stream_limit)
             self._data_task = self.loop.create_task(self._ask("on_data", self.session, self._stream))
         if verb == "DATA":
             self.conn.send(reply if not reply.is_positive or reply.code == 354 else START_DATA)
+            if not reply.is_positive:
+                self._count_outcome(reply)  # the message ends here (BDAT's ends at its chunk)
         elif not reply.is_positive:
             # BDAT has no reply before its chunk: remember the refusal for the chunk's end.
             self._refusal = reply
@@ -628,7 +660,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             except SinkError as exc:
                 log.warning("session %s: queue write failed: %s", self.session.id, exc)
                 self._writer = None
-                self._refusal = R.QUEUE_UNAVAILABLE
+                self._refusal = _queue_refusal(exc)
                 self.loop.create_task(writer.abort())
             else:
                 pressure = writer.pressure()
@@ -668,9 +700,8 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             m = self.state.instruments
             m.dot_to_reply.observe(self.loop.time() - started)
             m.received_bytes.inc(event.size)
-            first = replies[0]
-            (m.accepted if first.is_positive else m.tempfailed if first.is_transient else m.rejected).inc()
-        if event.last or not replies[0].is_positive:
+        if event.last or not replies[0].is_positive:  # the message ends here
+            self._count_outcome(replies[0])
             self.session.reset_transaction()
             if self._draining:
                 self.conn.send(R.SHUTTING_DOWN)
@@ -694,7 +725,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         except (SinkError, OSError) as exc:
             log.warning("session %s: queue commit failed: %s", self.session.id, exc)
             self.loop.create_task(_quietly(writer.abort()))
-            self._end_message(event, [R.QUEUE_UNAVAILABLE] * due, started)
+            self._end_message(event, [_queue_refusal(exc)] * due, started)
             return
         self._busy = True
         self._committing = (future, event, due, started, writer)
@@ -715,7 +746,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             except (SinkError, OSError, asyncio.CancelledError) as exc:
                 log.warning("session %s: queue commit failed: %s", self.session.id, exc or type(exc).__name__)
                 self.loop.create_task(_quietly(writer.abort()))
-                replies = [R.QUEUE_UNAVAILABLE] * due
+                replies = [_queue_refusal(exc)] * due
             else:
                 replies = self._queued(queue_id, [_ACCEPT] * due, started)
             self._end_message(event, replies, started)
@@ -746,6 +777,11 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         self._emit("mail", self.session, self._envelope, queue_id)
         ok = Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
         return [ok if r is _ACCEPT else r for r in replies]
+
+    def _count_outcome(self, reply: Reply) -> None:
+        """One message ended with ``reply`` (the first, for LMTP): accepted, tempfailed or rejected."""
+        m = self.state.instruments
+        (m.accepted if reply.is_positive else m.tempfailed if reply.is_transient else m.rejected).inc()
 
     async def _message_replies(self, event: BodyEnd, due: int) -> list[Reply]:
         """The replies that end a chunk or a message; ``due`` of them (LMTP: per recipient)."""
@@ -784,7 +820,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         except (TimeoutError, SinkError, OSError) as exc:
             log.warning("session %s: queue commit failed: %s", self.session.id, exc)
             await _quietly(writer.abort())
-            return [R.QUEUE_UNAVAILABLE] * due
+            return [_queue_refusal(exc)] * due
         finally:
             self._stream = self._data_task = None
         return self._queued(queue_id, replies, committing)
@@ -897,7 +933,9 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         """Graceful close: idle sessions get 421 now; a transaction may finish first."""
         if self._closed:
             return
-        if self.conn.state in _IDLE_STATES and not self._busy:
+        if self._handshaking:
+            self._close()  # no transaction yet, and a 421 in plain text would break the TLS stream
+        elif self.conn.state in _IDLE_STATES and not self._busy:
             self.conn.send(R.SHUTTING_DOWN)
             self._flush()
             self._close()
@@ -907,8 +945,9 @@ class SMTPProtocol(asyncio.BufferedProtocol):
     def abort(self) -> None:
         """The graceful window is over: 421 and close, whatever the state."""
         if not self._closed:
-            self.conn.send(R.SHUTTING_DOWN)  # through the core: enhanced code only when offered
-            self._flush()
+            if not self._handshaking:
+                self.conn.send(R.SHUTTING_DOWN)  # through the core: enhanced code only when offered
+                self._flush()
             self._close()
 
     def _emit(self, name: str, *args: object) -> None:
@@ -923,6 +962,11 @@ _SIMPLE: dict[type, tuple[str, Reply]] = {
     Rset: ("RSET", R.RESET_OK), Noop: ("NOOP", R.NOOP_OK), Quit: ("QUIT", R.BYE),
     Vrfy: ("VRFY", R.VRFY_CANNOT), Help: ("HELP", R.HELP),
 }
+
+
+def _queue_refusal(exc: BaseException) -> Reply:
+    """The reply to a queue that cannot take a message: 452 4.3.1 when its storage is full."""
+    return R.INSUFFICIENT_STORAGE if isinstance(exc, StorageFullError) else R.QUEUE_UNAVAILABLE
 
 
 def _per_recipient(decision: Reply | Sequence[Reply] | None, due: int) -> list[Reply]:

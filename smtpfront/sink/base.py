@@ -2,9 +2,9 @@
 
 A sink opens a :class:`MessageWriter` per accepted transaction; the server writes the body
 to it as it arrives and calls :meth:`MessageWriter.commit` after the final dot. The
-server answers ``250`` only after what ``commit`` returned has completed; if it raises (or times out), the
-client gets ``451 4.3.0`` and retries. Nothing half-written may become visible to a
-consumer as a complete message.
+server answers ``250`` only after what ``commit`` returned has completed; if it raises (or
+times out), the client gets ``451 4.3.0`` (``452 4.3.1`` for :class:`StorageFullError`) and
+retries. Nothing half-written may become visible to a consumer as a complete message.
 
 Rule: a ``memoryview`` passed to :meth:`MessageWriter.write` is valid only during that
 call (it points into the connection's receive buffer); a writer that keeps data must copy.
@@ -18,11 +18,16 @@ from typing import Protocol
 
 from ..core.events import Address, MailParams, Recipient
 
-__all__ = ["Envelope", "Recipient", "MessageWriter", "Sink", "SinkError"]
+__all__ = ["Envelope", "Recipient", "MessageWriter", "Sink", "SinkError", "StorageFullError"]
 
 
 class SinkError(Exception):
     """The destination could not take the message; the client is told to retry (451)."""
+
+
+class StorageFullError(SinkError):
+    """The destination's storage is full (ENOSPC, EDQUOT): RFC 5321 ``452``, RFC 3463
+    ``4.3.1`` "mail system full"; the client retries."""
 
 
 @dataclass(slots=True)

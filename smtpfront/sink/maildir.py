@@ -29,7 +29,8 @@ import time
 from concurrent.futures import Executor
 from typing import BinaryIO
 
-from .base import Envelope, SinkError
+from ..metrics import instruments
+from .base import Envelope, SinkError, StorageFullError
 from .trace import return_path_header
 
 __all__ = ["MaildirSink", "MaildirWriter"]
@@ -44,9 +45,12 @@ def _host() -> str:
 
 
 def _error(root: str, what: str, exc: OSError) -> SinkError:
-    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    reason = ("disk full: " if full else "") + (exc.strerror or str(exc))
-    return SinkError(f"maildir {root}: {what}: {reason}")
+    """A failed queue write: counted (``smtpfront_queue_errors_total``) and described; a full
+    disk is a :class:`StorageFullError` (the client gets ``452 4.3.1``)."""
+    instruments().queue_errors.inc()
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFullError(f"maildir {root}: {what}: disk full: {exc.strerror or exc}")
+    return SinkError(f"maildir {root}: {what}: {exc.strerror or exc}")
 
 
 def _unlink(path: str) -> None:
@@ -73,7 +77,7 @@ class MaildirSink:
         buffer_size: bytes buffered per message before a write reaches the page cache.
     """
 
-    full = False  # disk-full shows as a SinkError at open/commit (451), not as load shedding
+    full = False  # disk-full shows as a StorageFullError at open/write/commit (452), not as load shedding
 
     def __init__(
         self,

@@ -5,8 +5,10 @@ one pipelined write of ``XADD`` commands (hand-packed RESP; the body goes out as
 it arrived in, never concatenated) on one connection, with the replies read in order. No
 timer ever delays a lone message. Each client gets its ``250`` only after its own
 ``XADD`` reply; an error reply, a lost connection or a timeout fails that batch's commits
-(the clients get ``451 4.3.0`` and retry), and commits fail fast while Redis is backing
-off, so no connection waits on a Redis that is away.
+(the clients get ``451 4.3.0`` and retry). A failed batch (a timeout, a lost connection)
+takes its lane down: from then on every commit is refused at once, no batch goes out and no
+connection is opened for one, until the background probe gets an answer. A Redis that stops
+answering costs its clients one timeout, once, not one per batch.
 
 Durability: ``ack`` (default) trusts the XADD reply, which means the entry is in Redis's
 memory; how it survives a Redis crash is Redis's ``appendonly``/``appendfsync`` setting
@@ -32,11 +34,11 @@ Where the queue lives (the URL decides, see :func:`parse_queue_url`):
     share one slot, as the dedup script (which touches two keys) requires. Each message goes
     to the shard its dedup hash names, so a retried message lands on the same shard and is
     recognised there; with dedup off, shards take turns (skipping shards whose node is
-    backing off). redis-py's ``RedisCluster`` reads the slot map; then each master node
+    down). redis-py's ``RedisCluster`` reads the slot map; then each master node
     gets its own connection carrying that node's group commits exactly as on one server (a
     batch holds entries for every shard the node owns). A ``MOVED``/``ASK``/``CLUSTERDOWN``
-    reply fails that entry; a lost connection fails that node's batch and backs that node
-    off; either refreshes the slot map in the background. Other nodes keep taking mail.
+    reply fails that entry; a lost connection fails that node's batch and takes that node's
+    lane down; either refreshes the slot map in the background. Other nodes keep taking mail.
     The ``250`` names the entry as ``SHARD/ENTRY-ID`` (entry ids repeat across streams).
 
 Large messages (body octets past ``large_threshold``, 1 MiB by default) are written into
@@ -45,9 +47,12 @@ chunk keys while they arrive and committed as a version-2 entry naming them: see
 upload starts: from its header block and envelope when it can be deduplicated (a retry
 lands on the same shard), else by turns.
 
-While a lane (a server's, or a cluster node's connection) is down, it is probed in the
-background after each backoff (connect and ``PING``); the first answer brings it, and
-``smtpfront_queue_up``, back without waiting for traffic.
+While a lane (a server's, or a cluster node's connection) is down, a background probe
+connects and sends ``PING`` on a connection of its own, again and again (pausing
+:data:`PROBE_PAUSE` at first, doubling up to :data:`PROBE_PAUSE_MAX` after an attempt that
+failed at once); the first answer brings the lane, and ``smtpfront_queue_up``, back without
+waiting for traffic. Only the probe paces the retries: traffic never reaches a lane that is
+down, so it can neither delay the lane's return nor wait on Redis meanwhile.
 
 Rule: ``redis`` is imported only here and by the consumer (which reuses the URL parsing).
 """
@@ -97,6 +102,11 @@ DEFAULT_SHARDS = 16
 """Shard streams of a ``redis+cluster://`` queue whose URL names no ``shards=N``."""
 
 _MAX_SHARDS = 16384  # one per hash slot is the most that can spread
+
+PROBE_PAUSE = 0.05
+"""Seconds between a probe attempt that failed and the next one, at first (then doubled)."""
+PROBE_PAUSE_MAX = 0.4
+"""The longest pause between probe attempts: a lane is back this soon after Redis answers."""
 
 # Idempotent enqueue (DESIGN "Nothing lost", issue 4): one atomic step. If the key of this
 # message was seen within the window, return the entry id stored under it (the client that
@@ -428,10 +438,11 @@ class _Lane:
     A server (or Sentinel's master) has one lane; a cluster has one per master node.
     ``trouble`` is called after a failure that may mean the cluster's slot map changed.
     The octets of a queued command count in the sink's in-flight budget until its batch ends.
+    ``down``: a batch failed and the probe has had no answer since; commits are refused.
     """
 
     __slots__ = ("_sink", "_connect", "label", "_trouble", "_conn", "_script_ready", "_pending", "flushing",
-                 "_backoff", "down_until", "_probe", "_closed")
+                 "down", "_probe", "_closed")
 
     def __init__(self, sink: RedisStreamSink, connect: Callable[[], Connection], label: str,
                  trouble: Callable[[], None] | None = None) -> None:
@@ -443,15 +454,14 @@ class _Lane:
         self._script_ready = False  # the dedup script is loaded on _conn
         self._pending: list[tuple[list[bytes], asyncio.Future[str], int]] = []
         self.flushing = False
-        self._backoff = 0.0
-        self.down_until = 0.0
+        self.down = False
         self._probe: asyncio.Task[None] | None = None
         self._closed = False
 
     def enqueue(self, packed: list[bytes], size: int) -> asyncio.Future[str]:
         """Queue a packed command (``size`` octets of body) for the next batch; its reply comes
         in the future. Commands go out in the order they were queued, on one connection."""
-        if time.monotonic() < self.down_until:
+        if self.down:
             raise SinkError(f"redis queue {self.label} is unavailable (retrying)")
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._sink.inflight += size
@@ -466,9 +476,20 @@ class _Lane:
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
-                await self._send(batch)
+                if self.down:  # queued while the batch before failed: nothing goes out now
+                    self._refuse(batch)
+                else:
+                    await self._send(batch)
         finally:
             self.flushing = False
+
+    def _refuse(self, batch: _Batch) -> None:
+        self._sink._released(sum(size for _, _, size in batch))
+        instruments().inflight_bytes.set(self._sink.inflight)
+        error = SinkError(f"redis queue {self.label} is unavailable (retrying)")
+        for _, future, _ in batch:
+            if not future.done():
+                future.set_exception(error)
 
     async def _ready(self) -> Connection:
         """The connection, opened if need be, with the dedup script loaded on it."""
@@ -532,7 +553,6 @@ class _Lane:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
-        self._backoff = 0.0
         sink.batches += 1
         sink.entries += len(batch)
         sink.max_batch = max(sink.max_batch, len(batch))
@@ -558,7 +578,7 @@ class _Lane:
             results[:] = [error] * len(results)
 
     def _fail(self, batch: _Batch, exc: BaseException) -> None:
-        """Fail a batch, drop the connection (its replies are out of step), back off."""
+        """Fail a batch, drop the connection (its replies are out of step), take the lane down."""
         m = instruments()
         m.queue_errors.inc()
         m.queue_up.set(0)
@@ -569,28 +589,24 @@ class _Lane:
                 future.set_exception(error)
 
     def _down(self, exc: BaseException) -> None:
-        """Drop the connection and back off; a probe watches for Redis coming back."""
+        """Drop the connection, refuse commits; a probe watches for Redis coming back."""
         conn, self._conn = self._conn, None
         if conn is not None:
             asyncio.get_running_loop().create_task(conn.disconnect(nowait=True))
-        self._delay(exc)
+        if not self.down:
+            self.down = True
+            log.warning("redis queue %s failed (%s); refusing mail until it answers again", self.label, exc)
         if self._trouble is not None:
             self._trouble()
         if not self._closed and (self._probe is None or self._probe.done()):
             self._probe = asyncio.get_running_loop().create_task(self._recover())
 
-    def _delay(self, exc: BaseException) -> None:
-        self._backoff = min(5.0, self._backoff * 2 or 0.1)
-        self.down_until = time.monotonic() + self._backoff
-        log.warning("redis queue %s failed (%s); retrying in %.1f s", self.label, exc, self._backoff)
-
     async def _recover(self) -> None:
-        """After each backoff, connect and PING (on a connection of its own) until Redis answers
-        or a batch got through; then the lane is up again, traffic or not."""
-        while self._backoff and not self._closed:
-            await asyncio.sleep(max(0.0, self.down_until - time.monotonic()))
-            if not self._backoff or self._closed:
-                return
+        """Connect and PING (on a connection of its own) until Redis answers; then the lane is
+        up again, traffic or not. An attempt waits at most the Redis timeout; after a failed
+        one the probe pauses (``PROBE_PAUSE``, doubled up to ``PROBE_PAUSE_MAX``)."""
+        pause = PROBE_PAUSE
+        while self.down and not self._closed:
             conn = self._connect()
             try:
                 await conn.connect()  # type: ignore[no-untyped-call]
@@ -598,7 +614,9 @@ class _Lane:
                 await conn.read_response()
             except (RedisError, OSError) as exc:
                 await _drop(conn)
-                self._delay(exc)
+                log.debug("redis queue %s: probe failed: %s", self.label, exc)
+                await asyncio.sleep(pause)
+                pause = min(PROBE_PAUSE_MAX, pause * 2)
                 continue
             except BaseException:
                 await _drop(conn)
@@ -607,8 +625,8 @@ class _Lane:
                 self._conn, self._script_ready = conn, False
             else:
                 await _drop(conn)
-            if self._backoff:
-                self._backoff, self.down_until = 0.0, 0.0
+            if self.down:
+                self.down = False
                 instruments().queue_up.set(1)
                 log.info("redis queue %s answers again", self.label)
 
@@ -696,7 +714,7 @@ class _Single:
         return self.lane
 
     def available(self) -> bool:
-        return time.monotonic() >= self.lane.down_until
+        return not self.lane.down
 
     async def backlog(self) -> int:
         return await _backlog(self.redis, self._sink.stream, self._sink.group)
@@ -826,19 +844,17 @@ class _Cluster:
         return lane
 
     def _turn(self) -> int:
-        """The next shard whose node is not backing off."""
-        now = time.monotonic()
+        """The next shard whose node is not down."""
         for _ in range(self.count):
             shard = self._next
             self._next = (shard + 1) % self.count
             lane = self.shard_lanes[shard]
-            if lane is not None and now >= lane.down_until:
+            if lane is not None and not lane.down:
                 return shard
         raise SinkError(f"redis queue {self._sink._safe_url}: no cluster node is available (retrying)")
 
     def available(self) -> bool:
-        now = time.monotonic()
-        return any(now >= lane.down_until for lane in self.lanes.values())
+        return any(not lane.down for lane in self.lanes.values())
 
     async def backlog(self) -> int:
         sink = self._sink

@@ -244,9 +244,10 @@ def test_an_upload_cut_off_by_a_lost_connection_expires(redis_server: RedisServe
                             assert c.client_kill_filter(_type="normal", skipme=True) >= 1
                     await asyncio.sleep(0.01)
                 await writer.commit()
-            await writer.abort()  # Redis is being backed off: the keys are left to their TTL
+            # The probe reconnects at once (Redis itself is fine): the abort may delete the keys;
+            # if the lane was still down, they are left to their TTL. Either way none stays.
+            await writer.abort()
             left = body_keys(redis_server)
-            assert left
             with client(redis_server) as c:
                 assert all(0 < c.pttl(key) <= 2000 for key in left)
             await until(lambda: body_keys(redis_server) == [], timeout=10)
