@@ -60,13 +60,12 @@ Rule: ``redis`` is imported only here and by the consumer (which reuses the URL 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal, Protocol
@@ -79,9 +78,6 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import (
-    AskError,
-    ClusterDownError,
-    NoScriptError,
     RedisClusterException,
     RedisError,
     ResponseError,
@@ -90,7 +86,8 @@ from redis.exceptions import (
 from ..metrics import instruments
 from .base import Envelope, SinkError
 from .record import envelope_fields
-from .redis_large import UPLOAD_TTL, RefusedError, Upload
+from .redis_lane import Lane
+from .redis_large import UPLOAD_TTL, Upload
 
 __all__ = [
     "DEFAULT_SHARDS", "QueueURL", "RedisStreamSink", "RedisStreamWriter", "parse_queue_url", "shard_stream",
@@ -102,11 +99,6 @@ DEFAULT_SHARDS = 16
 """Shard streams of a ``redis+cluster://`` queue whose URL names no ``shards=N``."""
 
 _MAX_SHARDS = 16384  # one per hash slot is the most that can spread
-
-PROBE_PAUSE = 0.05
-"""Seconds between a probe attempt that failed and the next one, at first (then doubled)."""
-PROBE_PAUSE_MAX = 0.4
-"""The longest pause between probe attempts: a lane is back this soon after Redis answers."""
 
 # Idempotent enqueue (DESIGN "Nothing lost", issue 4): one atomic step. If the key of this
 # message was seen within the window, return the entry id stored under it (the client that
@@ -125,7 +117,6 @@ redis.call('SET', KEYS[1], id, 'EX', ARGV[1])
 return id
 """
 
-_Batch = Sequence[tuple[list[bytes], "asyncio.Future[str]", int]]  # packed command, its reply, octets
 
 
 # -- URLs -------------------------------------------------------------------------------------
@@ -232,11 +223,6 @@ def _check_stream_name(stream: str) -> None:
 
 async def _wait(event: asyncio.Event) -> None:
     await event.wait()
-
-
-async def _drop(conn: Connection) -> None:
-    with contextlib.suppress(Exception):
-        await conn.disconnect(nowait=True)
 
 
 def _bulk(arg: bytes) -> bytes:
@@ -429,221 +415,6 @@ def _prefixed(entry: asyncio.Future[str], prefix: str) -> asyncio.Future[str]:
     return out
 
 
-# -- one connection and its group commit ------------------------------------------------------
-
-
-class _Lane:
-    """One connection to one Redis server with its group commit: the batch in flight, the next one.
-
-    A server (or Sentinel's master) has one lane; a cluster has one per master node.
-    ``trouble`` is called after a failure that may mean the cluster's slot map changed.
-    The octets of a queued command count in the sink's in-flight budget until its batch ends.
-    ``down``: a batch failed and the probe has had no answer since; commits are refused.
-    """
-
-    __slots__ = ("_sink", "_connect", "label", "_trouble", "_conn", "_script_ready", "_pending", "flushing",
-                 "down", "_probe", "_closed")
-
-    def __init__(self, sink: RedisStreamSink, connect: Callable[[], Connection], label: str,
-                 trouble: Callable[[], None] | None = None) -> None:
-        self._sink = sink
-        self._connect = connect
-        self.label = label
-        self._trouble = trouble
-        self._conn: Connection | None = None
-        self._script_ready = False  # the dedup script is loaded on _conn
-        self._pending: list[tuple[list[bytes], asyncio.Future[str], int]] = []
-        self.flushing = False
-        self.down = False
-        self._probe: asyncio.Task[None] | None = None
-        self._closed = False
-
-    def enqueue(self, packed: list[bytes], size: int) -> asyncio.Future[str]:
-        """Queue a packed command (``size`` octets of body) for the next batch; its reply comes
-        in the future. Commands go out in the order they were queued, on one connection."""
-        if self.down:
-            raise SinkError(f"redis queue {self.label} is unavailable (retrying)")
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._sink.inflight += size
-        self._pending.append((packed, future, size))
-        if not self.flushing:
-            self.flushing = True
-            asyncio.get_running_loop().create_task(self._flush())
-        return future
-
-    async def _flush(self) -> None:
-        """Send batches until nothing is pending: commits arriving meanwhile join the next one."""
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                if self.down:  # queued while the batch before failed: nothing goes out now
-                    self._refuse(batch)
-                else:
-                    await self._send(batch)
-        finally:
-            self.flushing = False
-
-    def _refuse(self, batch: _Batch) -> None:
-        self._sink._released(sum(size for _, _, size in batch))
-        instruments().inflight_bytes.set(self._sink.inflight)
-        error = SinkError(f"redis queue {self.label} is unavailable (retrying)")
-        for _, future, _ in batch:
-            if not future.done():
-                future.set_exception(error)
-
-    async def _ready(self) -> Connection:
-        """The connection, opened if need be, with the dedup script loaded on it."""
-        conn = self._conn
-        if conn is None:
-            conn = self._conn = self._connect()
-            await conn.connect()  # type: ignore[no-untyped-call]
-            self._script_ready = False
-        if self._sink.dedup_window and not self._script_ready:
-            # On this connection, before the batch: a restarted Redis has no scripts.
-            await conn.send_command("SCRIPT", "LOAD", _DEDUP_SCRIPT, check_health=False)
-            await conn.read_response()
-            self._script_ready = True
-        return conn
-
-    async def warm(self) -> BaseException | None:
-        """Connect ahead of the first batch; a failure backs the lane off and is returned."""
-        try:
-            await self._ready()
-        except (RedisError, OSError) as exc:
-            self._down(exc)
-            return exc
-        return None
-
-    async def _send(self, batch: _Batch) -> None:
-        sink = self._sink
-        m = instruments()
-        m.inflight_bytes.set(sink.inflight)
-        try:
-            await self._exchange(batch)
-        finally:
-            sink._released(sum(size for _, _, size in batch))
-            m.inflight_bytes.set(sink.inflight)
-
-    async def _exchange(self, batch: _Batch) -> None:
-        sink = self._sink
-        try:
-            conn = await self._ready()
-            out: list[bytes] = []
-            for packed, _, _ in batch:
-                out.extend(packed)
-            # One buffer: the transport's writelines costs a Python step per piece (py-spy: 10 %
-            # of a worker at 1 KB messages), a join costs a memcpy.
-            await conn.send_packed_command([b"".join(out)], check_health=False)
-            results: list[str | BaseException] = []
-            for _ in batch:
-                try:
-                    entry = await conn.read_response()
-                    results.append(entry.decode() if isinstance(entry, bytes) else str(entry))
-                except NoScriptError as exc:  # scripts flushed: reload before the next batch
-                    self._script_ready = False
-                    results.append(exc)
-                except ResponseError as exc:  # e.g. OOM: this entry failed, the stream is in sync
-                    if isinstance(exc, (AskError, ClusterDownError)) and self._trouble is not None:
-                        self._trouble()  # MOVED, ASK, CLUSTERDOWN: the slot map changed
-                    results.append(exc)
-            if sink.durability == "replicated":
-                await self._wait_replicas(conn, results)
-        except (RedisError, OSError, asyncio.CancelledError) as exc:
-            self._fail(batch, exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            return
-        sink.batches += 1
-        sink.entries += len(batch)
-        sink.max_batch = max(sink.max_batch, len(batch))
-        m = instruments()
-        m.batch_size.observe(len(batch))
-        m.queue_up.set(1)
-        for (_, future, _), result in zip(batch, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, SinkError):
-                future.set_exception(result)
-            elif isinstance(result, BaseException):
-                future.set_exception(RefusedError(f"redis refused the entry: {result}"))
-            else:
-                future.set_result(result)
-
-    async def _wait_replicas(self, conn: Connection, results: list[str | BaseException]) -> None:
-        sink = self._sink
-        await conn.send_command("WAIT", sink.replicas, sink.wait_timeout_ms, check_health=False)
-        acked = await conn.read_response()
-        if not isinstance(acked, int) or acked < sink.replicas:
-            error = SinkError(f"only {acked} of {sink.replicas} replicas confirmed within {sink.wait_timeout_ms} ms")
-            results[:] = [error] * len(results)
-
-    def _fail(self, batch: _Batch, exc: BaseException) -> None:
-        """Fail a batch, drop the connection (its replies are out of step), take the lane down."""
-        m = instruments()
-        m.queue_errors.inc()
-        m.queue_up.set(0)
-        self._down(exc)
-        error = SinkError(f"redis queue {self.label}: {exc}")
-        for _, future, _ in batch:
-            if not future.done():
-                future.set_exception(error)
-
-    def _down(self, exc: BaseException) -> None:
-        """Drop the connection, refuse commits; a probe watches for Redis coming back."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            asyncio.get_running_loop().create_task(conn.disconnect(nowait=True))
-        if not self.down:
-            self.down = True
-            log.warning("redis queue %s failed (%s); refusing mail until it answers again", self.label, exc)
-        if self._trouble is not None:
-            self._trouble()
-        if not self._closed and (self._probe is None or self._probe.done()):
-            self._probe = asyncio.get_running_loop().create_task(self._recover())
-
-    async def _recover(self) -> None:
-        """Connect and PING (on a connection of its own) until Redis answers; then the lane is
-        up again, traffic or not. An attempt waits at most the Redis timeout; after a failed
-        one the probe pauses (``PROBE_PAUSE``, doubled up to ``PROBE_PAUSE_MAX``)."""
-        pause = PROBE_PAUSE
-        while self.down and not self._closed:
-            conn = self._connect()
-            try:
-                await conn.connect()  # type: ignore[no-untyped-call]
-                await conn.send_command("PING", check_health=False)
-                await conn.read_response()
-            except (RedisError, OSError) as exc:
-                await _drop(conn)
-                log.debug("redis queue %s: probe failed: %s", self.label, exc)
-                await asyncio.sleep(pause)
-                pause = min(PROBE_PAUSE_MAX, pause * 2)
-                continue
-            except BaseException:
-                await _drop(conn)
-                raise
-            if self._conn is None and not self.flushing:  # the next batch goes out on it
-                self._conn, self._script_ready = conn, False
-            else:
-                await _drop(conn)
-            if self.down:
-                self.down = False
-                instruments().queue_up.set(1)
-                log.info("redis queue %s answers again", self.label)
-
-    async def close(self) -> None:
-        """Let the batch in flight finish, stop the probe, then close the connection."""
-        self._closed = True
-        if self._probe is not None:
-            self._probe.cancel()
-        for _ in range(200):
-            if not self.flushing:
-                break
-            await asyncio.sleep(0.01)
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await conn.disconnect()
-
-
 # -- where the queue lives --------------------------------------------------------------------
 
 
@@ -663,9 +434,9 @@ async def _backlog(client: aioredis.Redis | RedisCluster, stream: str, group: st
 
 class _Topology(Protocol):
     async def start(self) -> None: ...
-    def route(self, writer: RedisStreamWriter) -> tuple[_Lane, list[bytes], int | None]: ...
+    def route(self, writer: RedisStreamWriter) -> tuple[Lane, list[bytes], int | None]: ...
     def target(self, writer: RedisStreamWriter) -> _Target: ...
-    def lane_for(self, shard: int | None) -> _Lane: ...
+    def lane_for(self, shard: int | None) -> Lane: ...
     def available(self) -> bool: ...
     async def backlog(self) -> int: ...
     async def close(self) -> None: ...
@@ -690,7 +461,7 @@ class _Single:
             )
         else:
             self.redis = aioredis.Redis.from_url(queue.url, socket_timeout=timeout, socket_connect_timeout=timeout)
-        self.lane = _Lane(sink, self.redis.connection_pool.make_connection, sink._safe_url)
+        self.lane = Lane(sink, self.redis.connection_pool.make_connection, sink._safe_url, timeout, sink.scripts)
         self._stream = sink.stream.encode()
         self._target = _Target(None, self._stream, sink._dedup_prefix, self._stream + b":body:")
 
@@ -702,7 +473,7 @@ class _Single:
             await self.lane.close()  # no probe for a sink that did not start
             raise failure
 
-    def route(self, writer: RedisStreamWriter) -> tuple[_Lane, list[bytes], int | None]:
+    def route(self, writer: RedisStreamWriter) -> tuple[Lane, list[bytes], int | None]:
         sink = self._sink
         dedup = None if writer._digest is None else sink._dedup_prefix + writer._dedup_hash()
         return self.lane, writer._packed(sink._xadd_head, self._stream, dedup), None
@@ -710,7 +481,7 @@ class _Single:
     def target(self, writer: RedisStreamWriter) -> _Target:
         return self._target
 
-    def lane_for(self, shard: int | None) -> _Lane:
+    def lane_for(self, shard: int | None) -> Lane:
         return self.lane
 
     def available(self) -> bool:
@@ -735,6 +506,7 @@ class _Cluster:
             raise ValueError(f"shards wants a number from 1 to {_MAX_SHARDS}, got {shards}")
         _check_stream_name(sink.stream)
         self._sink = sink
+        self._timeout = timeout
         self.count = shards
         # No retries inside redis-py (the sink backs off); no full coverage needed to start
         # (a shard whose slot no node serves gets 451, the others work).
@@ -749,8 +521,8 @@ class _Cluster:
         self._dedup_prefixes = [name + b":dedup:" for name in self._names]
         self._targets = [_Target(i, name, name + b":dedup:", name + b":body:") for i, name in enumerate(self._names)]
         self._slots = [self.client.keyslot(name) for name in self._names]
-        self.lanes: dict[str, _Lane] = {}  # by node name
-        self.shard_lanes: list[_Lane | None] = [None] * shards
+        self.lanes: dict[str, Lane] = {}  # by node name
+        self.shard_lanes: list[Lane | None] = [None] * shards
         self._next = 0
         self._refreshing: asyncio.Task[None] | None = None
         self._refreshed_at = 0.0
@@ -771,7 +543,7 @@ class _Cluster:
     def _map(self) -> None:
         """Map each shard to the lane of the node serving its slot (new nodes get a lane)."""
         nodes = self.client.nodes_manager
-        used: dict[str, _Lane] = {}
+        used: dict[str, Lane] = {}
         for shard, slot in enumerate(self._slots):
             try:
                 node = nodes.get_node_from_slot(slot)
@@ -787,11 +559,12 @@ class _Cluster:
                 task.add_done_callback(self._retiring.discard)
         self.lanes = used
 
-    def _lane(self, node: ClusterNode) -> _Lane:
+    def _lane(self, node: ClusterNode) -> Lane:
         # A connection of our own to the node, made the way the node's pool makes one.
         kind: Callable[..., Connection] = node.connection_class
         options = {**node.connection_kwargs, "retry": Retry(NoBackoff(), 0)}
-        return _Lane(self._sink, lambda: kind(**options), f"{self._sink._safe_url} node {node.name}", self.refresh)
+        return Lane(self._sink, lambda: kind(**options), f"{self._sink._safe_url} node {node.name}", self._timeout,
+                    self._sink.scripts, self.refresh)
 
     def refresh(self) -> None:
         """Re-read the slot map in the background: one refresh at a time, at most two a second."""
@@ -812,7 +585,7 @@ class _Cluster:
         finally:
             self._refreshed_at = time.monotonic()
 
-    def route(self, writer: RedisStreamWriter) -> tuple[_Lane, list[bytes], int | None]:
+    def route(self, writer: RedisStreamWriter) -> tuple[Lane, list[bytes], int | None]:
         if writer._digest is not None:  # the same message always goes to the same shard
             digest = writer._dedup_hash()
             shard = int(digest[:8], 16) % self.count
@@ -836,7 +609,7 @@ class _Cluster:
                                 + b"\0".join(str(r.address).encode() for r in env.recipients))
         return self._targets[int(digest.hexdigest()[:8], 16) % self.count]
 
-    def lane_for(self, shard: int | None) -> _Lane:
+    def lane_for(self, shard: int | None) -> Lane:
         lane = None if shard is None else self.shard_lanes[shard]
         if lane is None:
             self.refresh()
@@ -918,6 +691,7 @@ class RedisStreamSink:
         self._monitor: asyncio.Task[None] | None = None
         self._dedup_prefix = f"{stream}:dedup:".encode()
         self._dedup_sha = hashlib.sha1(_DEDUP_SCRIPT).hexdigest().encode()  # Redis names scripts by SHA-1
+        self.scripts = (_DEDUP_SCRIPT,) if dedup_window else ()  # loaded on every lane's connection
         self.durability = durability
         self.replicas = replicas
         self.wait_timeout_ms = wait_timeout_ms
@@ -983,7 +757,8 @@ class RedisStreamSink:
             self._drained = asyncio.Event()
         return _wait(self._drained)
 
-    def _released(self, octets: int) -> None:
+    def released(self, octets: int) -> None:
+        """``octets`` committed earlier are answered (or failed): out of the in-flight budget."""
         self.inflight -= octets
         if self._drained is not None and self.inflight <= self.inflight_budget // 2:
             self._drained.set()

@@ -238,10 +238,15 @@ def test_an_upload_cut_off_by_a_lost_connection_expires(redis_server: RedisServe
             with pytest.raises(SinkError):
                 for i in range(0, len(body), 65536):
                     writer.write(memoryview(body[i:i + 65536]))
-                    if i == 4 * 65536:  # the first chunk went out with this part
+                    if i == 4 * 65536:  # the first chunk went out with this part: hold the next ones
                         await asyncio.sleep(0.1)
-                        with client(redis_server) as c:  # the sink's connection drops mid-upload
+                        with client(redis_server) as c:
+                            c.execute_command("CLIENT", "PAUSE", "5000", "WRITE")  # type: ignore[no-untyped-call]
+                    if i == 8 * 65536:  # a chunk waits for its answer: the sink's connection drops
+                        await asyncio.sleep(0.1)
+                        with client(redis_server) as c:
                             assert c.client_kill_filter(_type="normal", skipme=True) >= 1
+                            c.execute_command("CLIENT", "UNPAUSE")  # type: ignore[no-untyped-call]
                     await asyncio.sleep(0.01)
                 await writer.commit()
             # The probe reconnects at once (Redis itself is fine): the abort may delete the keys;

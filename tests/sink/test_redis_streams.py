@@ -13,7 +13,7 @@ import redis
 
 from smtpfront.core.events import Address, MailParams, RcptParams, Recipient
 from smtpfront.server import SMTPServer
-from smtpfront.sink import redis_streams
+from smtpfront.sink import redis_lane, redis_streams
 from smtpfront.sink.base import Envelope, SinkError
 from smtpfront.sink.record import FORMAT_VERSION, decode_record
 from smtpfront.sink.redis_streams import RedisStreamSink
@@ -70,6 +70,7 @@ class Recording:
 def record_metrics(monkeypatch: pytest.MonkeyPatch) -> Recording:
     recording = Recording()
     monkeypatch.setattr(redis_streams, "instruments", lambda: recording)
+    monkeypatch.setattr(redis_lane, "instruments", lambda: recording)
     return recording
 
 
