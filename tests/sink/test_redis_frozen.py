@@ -138,8 +138,8 @@ def test_a_frozen_redis_is_waited_for_once_and_its_return_seen_at_once(redis_ser
     first_451 = min(s.ended for s in traffic.sent if s.code == 451)
     longest = max(s.waited for s in traffic.sent if s.ended > froze and s.started < thawed)
     # Once a commit has timed out, nothing waits on the frozen Redis again: no later batch
-    # goes out to wait another timeout.
-    waited_again = [round(s.waited, 2) for s in frozen if s.started >= first_451 and s.waited >= TIMEOUT / 2]
+    # goes out to wait another timeout (a refusal takes milliseconds; slack for a loaded machine).
+    waited_again = [round(s.waited, 2) for s in frozen if s.started >= first_451 and s.waited >= 0.8 * TIMEOUT]
     back = min((s.ended for s in traffic.sent if s.code == 250 and s.started > thawed), default=float("inf"))
     opened = len(during - before)
     print(f"\nfrozen {FROZEN:.0f} s, redis timeout {TIMEOUT:.0f} s, {CLIENTS} senders: {len(frozen)} refused, "

@@ -103,7 +103,7 @@ listen = "127.0.0.1:{metrics}"
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=DRAIN + 10)
         took = time.monotonic() - stopping
-        assert code == 0 and took < DRAIN / 4, f"SIGTERM took {took:.1f} s (exit {code}):\n{log.read_text()}"
+        assert code == 0 and took < DRAIN / 3, f"SIGTERM took {took:.1f} s (exit {code}):\n{log.read_text()}"
     finally:
         if proc.poll() is None:
             proc.kill()
