@@ -48,9 +48,9 @@ upload starts: from its header block and envelope when it can be deduplicated (a
 lands on the same shard), else by turns.
 
 While a lane (a server's, or a cluster node's connection) is down, a background probe
-connects and sends ``PING`` on a connection of its own, again and again (pausing
-:data:`PROBE_PAUSE` at first, doubling up to :data:`PROBE_PAUSE_MAX` after an attempt that
-failed at once); the first answer brings the lane, and ``smtpfront_queue_up``, back without
+connects and sends ``PING`` on a connection of its own, again and again (each attempt
+waits at most the Redis timeout; between failed attempts it pauses :data:`PROBE_PAUSE`,
+doubling up to :data:`PROBE_PAUSE_MAX`); the first answer brings the lane, and ``smtpfront_queue_up``, back without
 waiting for traffic. Only the probe paces the retries: traffic never reaches a lane that is
 down, so it can neither delay the lane's return nor wait on Redis meanwhile.
 

@@ -29,7 +29,7 @@ PER_POINT_FIN = 15  # and plain closes
 _POINTS = ("before-hello", "half-hello", "whole-hello", "server-flight")
 
 
-def _client_hello(context: ssl.SSLContext) -> bytes:
+def client_hello(context: ssl.SSLContext) -> bytes:
     """The ClientHello a real TLS client sends first (from an in-memory TLS client)."""
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     tls = context.wrap_bio(incoming, outgoing, server_hostname=HOSTNAME)
@@ -40,13 +40,13 @@ def _client_hello(context: ssl.SSLContext) -> bytes:
     return hello
 
 
-def _vanish(sock: socket.socket, how: str) -> None:
+def vanish(sock: socket.socket, how: str) -> None:
     if how == "rst":
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()
 
 
-def _go_to(sock: socket.socket, point: str, hello: bytes) -> bool:
+def go_to(sock: socket.socket, point: str, hello: bytes) -> bool:
     """Go as far as ``point`` in the handshake.
 
     Returns False if the server answered the ClientHello with something else than TLS
@@ -62,12 +62,12 @@ def _go_to(sock: socket.socket, point: str, hello: bytes) -> bool:
     return True
 
 
-def _abandon_handshake(sock: socket.socket, point: str, hello: bytes, how: str) -> bool:
+def abandon_handshake(sock: socket.socket, point: str, hello: bytes, how: str) -> bool:
     """Go as far as ``point`` in the handshake, then reset (or close) the connection."""
     try:
-        return _go_to(sock, point, hello)
+        return go_to(sock, point, hello)
     finally:
-        _vanish(sock, how)
+        vanish(sock, how)
 
 
 def _implicit(port: int) -> socket.socket:
@@ -127,14 +127,14 @@ def test_sessions_reset_during_the_handshake_all_end(start_server: StartServer, 
     server = start_server(setup=events.install, secure=kind == "implicit", max_clients=MAX_CLIENTS,
                           close_timeout=CLOSE_TIMEOUT)
     connect: Callable[[int], socket.socket | None] = _implicit if kind == "implicit" else _after_starttls
-    hello = _client_hello(client_context)
+    hello = client_hello(client_context)
     attempts = refused = 0
     for point in _POINTS:
         for how, times in (("rst", PER_POINT_RST), ("fin", PER_POINT_FIN)):
             for _ in range(times):
                 sock = connect(server.port)
                 attempts += 1
-                if sock is None or not _abandon_handshake(sock, point, hello, how):
+                if sock is None or not abandon_handshake(sock, point, hello, how):
                     refused += 1
     assert attempts == len(_POINTS) * (PER_POINT_RST + PER_POINT_FIN)
 
@@ -166,7 +166,7 @@ def test_sessions_reset_during_the_handshake_all_end(start_server: StartServer, 
     stalled = [connect(server.port) for _ in range(3)]
     try:
         for sock in stalled:
-            assert sock is not None and _go_to(sock, "server-flight", hello)
+            assert sock is not None and go_to(sock, "server-flight", hello)
         assert _wait_sessions(server, len(stalled), timeout=5.0) == len(stalled)
         started = time.monotonic()
         server.stop(timeout=CLOSE_TIMEOUT)
@@ -198,7 +198,7 @@ def test_a_handshake_that_times_out_ends_its_session(start_server: StartServer, 
     sock = connect(server.port)
     assert sock is not None
     try:
-        assert _go_to(sock, point, _client_hello(client_context))
+        assert go_to(sock, point, client_hello(client_context))
         started = time.monotonic()
         assert Client(server.port, sock=sock).closed()  # the server gives up on the handshake
         assert time.monotonic() - started < 10 * handshake
