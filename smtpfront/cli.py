@@ -1,4 +1,4 @@
-"""The command line: ``smtpfront serve | consume | check-config | version``.
+"""The command line: ``smtpfront serve | consume | queue | check-config | version``.
 
 ``serve`` runs the pre-fork master (``--workers`` uvloop processes sharing the port through
 SO_REUSEPORT), writing each accepted message to the queue named by ``--queue``:
@@ -11,6 +11,8 @@ SO_REUSEPORT), writing each accepted message to the queue named by ``--queue``:
                             Redis Cluster: N shard streams STREAM:{0}..STREAM:{N-1} (default
                             16; rediss+cluster:// for TLS); ``consume`` takes the same URL
     null:                   read and discard (benchmarks only)
+
+``queue`` (stats, list, show, dead list/retry/purge) is :mod:`smtpfront.queuetool`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import socket
 import sys
 from collections.abc import Sequence
 
-from . import core, metrics
+from . import core, metrics, queuetool
 from ._version import __version__
 from .config import REDIS_SCHEMES, Config, ConfigError, load_config, parse_address, render
 from .core.data import ACCELERATED
@@ -93,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--exec", nargs=argparse.REMAINDER, metavar="CMD",
                         help="pipe each message into CMD ARGS... (last option; exit 75 retries, other failures "
                              "dead-letter)")
+    queuetool.add_parser(sub)
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -264,6 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(uvloop.run(consume(args)))
     if args.command == "check-config":
         return check_config(args)
+    if args.command == "queue":
+        return queuetool.run(args)
     return serve(args)
 
 
