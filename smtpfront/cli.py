@@ -23,7 +23,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import sys
 from collections.abc import Sequence
 
@@ -34,6 +33,7 @@ from .core.data import ACCELERATED
 from .logs import setup_logging
 from .sink.base import SinkError
 from .supervisor.arbiter import Arbiter
+from .supervisor.instance import InstanceError, InstanceLock
 from .supervisor.worker import build_sink, worker_main
 
 __all__ = ["main"]
@@ -133,8 +133,13 @@ def serve(args: argparse.Namespace) -> int:
         build_sink(config)  # a queue this worker cannot serve fails here, before any fork
     except (SinkError, ValueError) as exc:
         raise SystemExit(f"smtpfront: --queue: {exc}") from None
-    for listener in config.listeners:
-        _check_bind(listener.host, listener.port)
+    instance = InstanceLock()  # held until the master exits; its workers inherit it
+    try:
+        for listener in config.listeners:
+            instance.acquire(listener.host, listener.port)
+    except InstanceError as exc:
+        instance.release()
+        raise SystemExit(f"smtpfront: {exc}") from None
     if not core.compiled():
         log.warning("the protocol core is not compiled (installed without a C compiler, or with "
                     "SMTPFRONT_PURE_PYTHON=1): it runs interpreted, about half as fast")
@@ -175,6 +180,7 @@ def serve(args: argparse.Namespace) -> int:
     try:
         return arbiter.run()
     finally:
+        instance.release()
         health.stop()
         if agent is not None:
             agent.stop()
@@ -211,17 +217,6 @@ def check_config(args: argparse.Namespace) -> int:
         return 2
     print(render(config, mask_secrets=True), end="")
     return 0
-
-
-def _check_bind(host: str, port: int) -> None:
-    """Fail with a clear message, in the master, when an address cannot be bound."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise SystemExit(f"smtpfront: cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 async def consume(args: argparse.Namespace) -> int:
