@@ -56,8 +56,8 @@ from .sink.redis_streams import parse_queue_url, shard_stream
 from .streamops import Client, acknowledge, close_client, dead_letter, has_xackdel, open_client, sweep
 
 __all__ = [
-    "BodyMissingError", "Consumer", "Handler", "Message", "PermanentError", "exec_handler", "maildir_handler",
-    "streaming",
+    "BodyMissingError", "Consumer", "Handler", "Message", "PermanentError", "TemporaryError", "exec_handler",
+    "maildir_handler", "streaming",
 ]
 
 log = logging.getLogger(__name__)
@@ -166,6 +166,11 @@ def streaming(handler: Handler) -> Handler:
 
 class PermanentError(Exception):
     """Raised by a handler for a message that retrying cannot help: dead-letter it now."""
+
+
+class TemporaryError(RuntimeError):
+    """Raised by a handler for an expected, temporary failure (the entry stays pending and is
+    retried): logged as one WARNING line, without the traceback an unexpected error gets."""
 
 
 @dataclass(slots=True)
@@ -421,9 +426,12 @@ class Consumer:
         """A delivery failed: the entry stays pending, or is dead-lettered when that was the last try."""
         reason = f"{type(exc).__name__}: {exc}"[:_REASON_MAX]
         final = isinstance(exc, PermanentError) or deliveries >= self.max_deliveries
-        log.error(
-            "handler failed for %s (delivery %d of %d)%s", entry_id.decode(), deliveries, self.max_deliveries,
-            "; dead-lettering it" if final else "; it stays pending", exc_info=True,
+        expected = isinstance(exc, (PermanentError, TemporaryError, BodyMissingError))  # no traceback to show
+        log.log(
+            logging.ERROR if final or not expected else logging.WARNING,
+            "handler failed for %s (delivery %d of %d)%s%s", entry_id.decode(), deliveries, self.max_deliveries,
+            f": {exc}" if expected else "", "; dead-lettering it" if final else "; it stays pending",
+            exc_info=not expected,
         )
         if final:
             await self._dead_letter(stream, entry_id, fields, body, deliveries, reason)
@@ -505,7 +513,7 @@ def exec_handler(command: Sequence[str], *, timeout: float = 60, tempfail: Colle
 
     Exit 0 acknowledges. An exit status in ``tempfail`` (EX_TEMPFAIL, 75), death by a
     signal, or running past ``timeout`` seconds (its process group is then killed) raises
-    ``RuntimeError``: the entry stays pending and is retried. Any other status raises
+    :class:`TemporaryError`: the entry stays pending and is retried. Any other status raises
     :class:`PermanentError`: the entry is dead-lettered at once.
     """
     argv = list(command)
@@ -535,7 +543,7 @@ def exec_handler(command: Sequence[str], *, timeout: float = 60, tempfail: Colle
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(proc.wait(), 5)
             if isinstance(exc, TimeoutError):
-                raise RuntimeError(f"{argv[0]}: timed out after {timeout}s") from None
+                raise TemporaryError(f"{argv[0]}: timed out after {timeout}s") from None
             raise
         if status == 0:
             return
@@ -543,7 +551,7 @@ def exec_handler(command: Sequence[str], *, timeout: float = 60, tempfail: Colle
         what = f"{argv[0]}: " + (f"killed by signal {-status}" if status < 0 else f"exit status {status}")
         what += f": {said}" if said else ""
         if status < 0 or status in tempfail:
-            raise RuntimeError(what)
+            raise TemporaryError(what)
         raise PermanentError(what)
 
     return deliver
