@@ -203,7 +203,9 @@ class Consumer:
         dead_letter_stream: ``None`` is ``f"{stream}:dead"`` (sharded: each shard's own
             ``STREAM:{i}:dead``, in the shard's slot; a cluster allows no other).
         start_id: where a newly created group starts: ``"0"`` (default) delivers what was
-            queued before the group existed; ``"$"`` only what arrives after.
+            queued before the group existed; ``"$"`` only what arrives after (what was
+            queued before is then not this group's: once no other group needs it, it is
+            deleted).
         shards: read the shard streams ``STREAM:{0}`` … ``STREAM:{N-1}``, each in its own
             loop (one ``XREADGROUP`` cannot span hash slots). ``None`` is the URL's
             ``shards=N`` for a cluster URL (default 16), else one unsharded stream. It must
