@@ -36,7 +36,7 @@ class InstanceError(Exception):
 def _holder(name: bytes) -> int | None:
     """The pid that holds the lock ``name`` (None when it cannot be told)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1)
+        probe.setblocking(False)  # the lock never accepts: a full backlog must not make us wait
         try:
             probe.connect(name)
             pid, _uid, _gid = struct.unpack("3i", probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
@@ -50,28 +50,30 @@ class InstanceLock:
     """The locks of one instance's addresses; held until :meth:`release` or the process ends."""
 
     def __init__(self) -> None:
-        self._held: list[socket.socket] = []
+        self._held: dict[str, socket.socket] = {}
 
     def acquire(self, host: str, port: int) -> None:
         """Take ``HOST:PORT``; raises :class:`InstanceError` when another instance serves it."""
         where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if where in self._held:  # listed twice in the configuration: ours already
+            return
         if sys.platform.startswith("linux") and port != 0:  # port 0: any free port, nothing to share
             name = b"\0smtpfront:listen:" + where.encode()
             lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 lock.bind(name)
-                lock.listen(1)
+                lock.listen(64)
             except OSError:
                 lock.close()
                 pid = _holder(name)
                 raise InstanceError(f"{where} is already served by another smtpfront instance"
                                     + (f" (pid {pid})" if pid else "")
                                     + ": stop it first (one instance per address)") from None
-            self._held.append(lock)
+            self._held[where] = lock
         _probe(host, port, where)
 
     def release(self) -> None:
-        for lock in self._held:
+        for lock in self._held.values():
             lock.close()
         self._held.clear()
 
