@@ -9,8 +9,15 @@ Every wait is bounded (the consumer helper waits at most 20 s for what it expect
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
+import orjson
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
@@ -20,7 +27,9 @@ from smtpfront.sink.redis_streams import RedisStreamSink, shard_stream
 
 from .conftest import RedisClusterNodes, RedisServer
 from .sink.test_redis_large import body_of, consume, upload
+from .supervisor.test_serve import Serve
 
+ROOT = Path(__file__).resolve().parent.parent
 STREAM = "smtpfront:inbound"
 DEAD = f"{STREAM}:dead"
 THRESHOLD = 100_000  # bodies past this go to chunk keys (the default is 1 MiB: smaller here, for speed)
@@ -151,3 +160,34 @@ def test_a_destroyed_group_stops_holding_entries(redis_server: RedisServer) -> N
         client.xgroup_destroy(STREAM, "stopped")
         consume(redis_server.url, lambda got: client.xlen(STREAM) == 0, group="billing")  # its sweep
         assert body_keys(client) == []
+
+
+def test_served_and_consumed_by_the_commands_leaves_nothing(redis_server: RedisServer, tmp_path: Path) -> None:
+    """The whole path with the real commands: ``serve`` queues, ``consume`` delivers, and the
+    stream is empty afterwards (``smtpfront queue stats`` says so too)."""
+    server = Serve(tmp_path, "--workers", "1", "--queue", redis_server.url)  # the last --queue wins
+    try:
+        server.send(20)
+    finally:
+        assert server.stop() == 0
+    maildir = tmp_path / "delivered"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with redis.Redis.from_url(redis_server.url) as client:
+        assert client.xlen(STREAM) == 20
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "smtpfront", "consume", "--queue", redis_server.url, "--maildir", str(maildir),
+             "--block-ms", "200", "--log-format", "plain"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while not ((maildir / "new").is_dir() and len(list((maildir / "new").iterdir())) == 20
+                       and client.xlen(STREAM) == 0):
+                assert proc.poll() is None and time.monotonic() < deadline, client.xlen(STREAM)
+                time.sleep(0.05)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=10) == 0
+    stats = subprocess.run([sys.executable, "-m", "smtpfront", "queue", "stats", "--json", "--queue", redis_server.url],
+                           cwd=ROOT, env=env, capture_output=True, timeout=60, check=True)
+    assert orjson.loads(stats.stdout)["length"] == 0
