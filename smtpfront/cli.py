@@ -1,4 +1,4 @@
-"""The command line: ``smtpfront serve | consume | check-config | version``.
+"""The command line: ``smtpfront serve | consume | queue | check-config | version``.
 
 ``serve`` runs the pre-fork master (``--workers`` uvloop processes sharing the port through
 SO_REUSEPORT), writing each accepted message to the queue named by ``--queue``:
@@ -11,6 +11,8 @@ SO_REUSEPORT), writing each accepted message to the queue named by ``--queue``:
                             Redis Cluster: N shard streams STREAM:{0}..STREAM:{N-1} (default
                             16; rediss+cluster:// for TLS); ``consume`` takes the same URL
     null:                   read and discard (benchmarks only)
+
+``queue`` (stats, list, show, dead list/retry/purge) is :mod:`smtpfront.queuetool`.
 """
 
 from __future__ import annotations
@@ -21,11 +23,10 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import sys
 from collections.abc import Sequence
 
-from . import core, metrics
+from . import core, metrics, queuetool
 from ._version import __version__
 from .assembly import build_sink
 from .config import REDIS_SCHEMES, Config, ConfigError, load_config, parse_address, render
@@ -34,6 +35,7 @@ from .core.data import ACCELERATED
 from .logs import setup_logging
 from .sink.base import SinkError
 from .supervisor.arbiter import Arbiter
+from .supervisor.instance import InstanceError, InstanceLock
 from .supervisor.worker import worker_main
 
 __all__ = ["main"]
@@ -95,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--exec", nargs=argparse.REMAINDER, metavar="CMD",
                         help="pipe each message into CMD ARGS... (last option; exit 75 retries, other failures "
                              "dead-letter)")
+    queuetool.add_parser(sub)
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -132,8 +135,13 @@ def serve(args: argparse.Namespace) -> int:
         build_sink(config)  # a queue this worker cannot serve fails here, before any fork
     except (SinkError, ValueError) as exc:
         raise SystemExit(f"smtpfront: --queue: {exc}") from None
-    for listener in config.listeners:
-        _check_bind(listener.host, listener.port)
+    instance = InstanceLock()  # held until the master exits; its workers inherit it
+    try:
+        for listener in config.listeners:
+            instance.acquire(listener.host, listener.port)
+    except InstanceError as exc:
+        instance.release()
+        raise SystemExit(f"smtpfront: {exc}") from None
     for warning in config_warnings(config):
         log.warning(warning)
     if not core.compiled():
@@ -177,6 +185,7 @@ def serve(args: argparse.Namespace) -> int:
     try:
         return arbiter.run()
     finally:
+        instance.release()
         health.stop()
         if agent is not None:
             agent.stop()
@@ -215,17 +224,6 @@ def check_config(args: argparse.Namespace) -> int:
         print(f"smtpfront: warning: {warning}", file=sys.stderr)
     print(render(config, mask_secrets=True), end="")
     return 0
-
-
-def _check_bind(host: str, port: int) -> None:
-    """Fail with a clear message, in the master, when an address cannot be bound."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise SystemExit(f"smtpfront: cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 async def consume(args: argparse.Namespace) -> int:
@@ -271,6 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(uvloop.run(consume(args)))
     if args.command == "check-config":
         return check_config(args)
+    if args.command == "queue":
+        return queuetool.run(args)
     return serve(args)
 
 

@@ -1,7 +1,10 @@
 """The Redis Streams consumer: hand each queued message to a handler, at least once.
 
-Rule (ARCHITECTURE.md rule 3 "Nothing lost"; the queue record: CHANGELOG.md): an entry is acknowledged (``XACK``) only
-after its handler returned, or after a copy of it is in the dead-letter stream. Anything
+Rule (ARCHITECTURE.md rule 3 "Nothing lost"; the queue record: CHANGELOG.md): an entry is
+acknowledged only after its handler returned, or in the step that puts a copy of it into the
+dead-letter stream; and (ARCHITECTURE.md rule 10 "Acknowledged means gone") the
+acknowledgement deletes the entry once no consumer group needs it any more (see
+:mod:`smtpfront.streamops`). Anything
 else leaves it pending in the consumer group, so a crash or a failing handler means
 "delivered again later", never "lost": entries idle for ``claim_idle_ms`` (a crashed
 consumer's, or ones whose handler raised) are taken over with ``XAUTOCLAIM`` and retried,
@@ -24,10 +27,10 @@ stream, each with its own group creation, ``XAUTOCLAIM`` and dead-letter stream
 Large messages (version-2 records, see :mod:`smtpfront.sink.record`) keep their body in
 chunk keys. The consumer reads them for the handler: whole into :attr:`Message.body`, or,
 for a handler marked with :func:`streaming` (the ready-made ones are), chunk by chunk
-through :meth:`Message.chunks`, so memory stays flat. The ``XACK`` of such an entry
-deletes its chunk keys in the same step (one script, the keys share the stream's slot). A
-dead-lettered entry keeps them: the dead letter names them (``body_key``,
-``body_chunks``), and whoever handles it deletes them (``UNLINK <body_key>:0 …``).
+through :meth:`Message.chunks`, so memory stays flat. The step that deletes such an entry
+deletes its chunk keys (one script, the keys share the stream's slot). A dead letter keeps
+them: it names them (``body_key``, ``body_chunks``), and ``smtpfront queue dead retry``
+or ``dead purge`` (or whoever handles it: ``UNLINK <body_key>:0 …``) takes them on.
 A chunk found missing fails the delivery like a handler error (retried, then dead-lettered).
 """
 
@@ -43,11 +46,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequ
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from .core.events import Address, MailParams
@@ -55,10 +54,11 @@ from .sink.base import Envelope
 from .sink.maildir import MaildirSink
 from .sink.record import BodyRef, RecordError, decode_entry
 from .sink.redis_streams import parse_queue_url, shard_stream
+from .streamops import Client, acknowledge, close_client, dead_letter, has_xackdel, open_client, sweep
 
 __all__ = [
-    "BodyMissingError", "Consumer", "Handler", "Message", "PermanentError", "exec_handler", "maildir_handler",
-    "streaming",
+    "BodyMissingError", "Consumer", "Handler", "Message", "PermanentError", "TemporaryError", "exec_handler",
+    "maildir_handler", "streaming",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,15 +67,6 @@ _BACKOFF_MIN = 0.1
 _BACKOFF_MAX = 5.0
 _REASON_MAX = 1000  # characters of an exception or stderr kept in a dead letter's reason
 EX_TEMPFAIL = 75  # sysexits.h: "temporary failure, try again later"
-
-# XACK the entries, then drop the chunk keys of the large ones, in one step (same slot).
-# KEYS[1] stream, KEYS[2..] chunk keys; ARGV[1] group, ARGV[2..] entry ids.
-_ACK_SCRIPT = """
-local n = redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
-for i = 2, #KEYS do redis.call('UNLINK', KEYS[i]) end
-return n
-"""
-
 
 class BodyMissingError(Exception):
     """A large message's chunk keys are not (all) there: the delivery fails, the entry stays pending."""
@@ -86,7 +77,7 @@ class _Chunks:
 
     __slots__ = ("_client", "ref")
 
-    def __init__(self, client: aioredis.Redis | RedisCluster, ref: BodyRef) -> None:
+    def __init__(self, client: Client, ref: BodyRef) -> None:
         self._client = client
         self.ref = ref
 
@@ -178,6 +169,11 @@ class PermanentError(Exception):
     """Raised by a handler for a message that retrying cannot help: dead-letter it now."""
 
 
+class TemporaryError(RuntimeError):
+    """Raised by a handler for an expected, temporary failure (the entry stays pending and is
+    retried): logged as one WARNING line, without the traceback an unexpected error gets."""
+
+
 @dataclass(slots=True)
 class _Stream:
     """One stream a consumer reads (a shard's, when sharded), with its dead-letter stream."""
@@ -206,9 +202,11 @@ class Consumer:
             Must exceed the longest handler run, or live work is delivered twice.
         max_deliveries: deliveries before an entry goes to the dead-letter stream.
         dead_letter_stream: ``None`` is ``f"{stream}:dead"`` (sharded: each shard's own
-            ``STREAM:{i}:dead``, in the shard's slot).
+            ``STREAM:{i}:dead``, in the shard's slot; a cluster allows no other).
         start_id: where a newly created group starts: ``"0"`` (default) delivers what was
-            queued before the group existed; ``"$"`` only what arrives after.
+            queued before the group existed; ``"$"`` only what arrives after (what was
+            queued before is then not this group's: once no other group needs it, it is
+            deleted).
         shards: read the shard streams ``STREAM:{0}`` … ``STREAM:{N-1}``, each in its own
             loop (one ``XREADGROUP`` cannot span hash slots). ``None`` is the URL's
             ``shards=N`` for a cluster URL (default 16), else one unsharded stream. It must
@@ -238,6 +236,9 @@ class Consumer:
             raise ValueError("shards must not be negative")
         if count and ("{" in stream or "}" in stream):
             raise ValueError(f"stream {stream!r}: a sharded stream name must not contain braces (hash tags)")
+        if dead_letter_stream is not None and self._queue.kind == "cluster":
+            raise ValueError("dead_letter_stream: in a cluster each shard's dead letters stay in its hash slot "
+                             "(STREAM:{i}:dead); leave it unset")
         self.redis_url = redis_url
         self.stream = stream
         self.shards = count
@@ -252,8 +253,9 @@ class Consumer:
         self._streams = [_Stream(s, dead_letter_stream or f"{s}:dead") for s in self.streams]
         self.dead_letter_streams = sorted({s.dead for s in self._streams})
         self._stop = asyncio.Event()
-        self._redis: aioredis.Redis | RedisCluster | None = None
+        self._redis: Client | None = None
         self._sentinel: Sentinel | None = None
+        self._xackdel: bool | None = None  # the server has XACKDEL (asked once per connection)
 
     def stop(self) -> None:
         """Make :meth:`run` return after the current batch (at once if called before it).
@@ -290,6 +292,8 @@ class Consumer:
                     await self._create_group(stream)
                 if loop.time() >= next_claim:
                     await self._claim(stream, handler)
+                    if await sweep(self._client(), stream.name, self.group):
+                        log.info("deleted entries every group had acknowledged on %s", stream.name)
                     next_claim = loop.time() + self.claim_idle_ms / 2000
                 if not self._stop.is_set():
                     await self._read(stream, handler)
@@ -315,30 +319,10 @@ class Consumer:
                 await asyncio.wait_for(self._stop.wait(), backoff)
             backoff = min(backoff * 2, _BACKOFF_MAX)
 
-    def _client(self) -> aioredis.Redis | RedisCluster:
-        if self._redis is None:
-            # Protocol 2 pins the reply shapes across redis-py versions; no retries inside
-            # redis-py (our loop backs off); the socket timeout outlasts a blocking read.
-            queue = self._queue
-            sockets: dict[str, Any] = {"socket_connect_timeout": 5, "socket_timeout": self.block_ms / 1000 + 10}
-            if queue.kind == "cluster":
-                self._redis = RedisCluster(
-                    startup_nodes=[ClusterNode(host, port) for host, port in queue.nodes], username=queue.username,
-                    password=queue.password, ssl=queue.ssl, decode_responses=False, protocol=2,
-                    retry=AsyncRetry(NoBackoff(), 0), require_full_coverage=False, **sockets,
-                )
-            elif queue.kind == "sentinel":
-                self._sentinel = Sentinel(
-                    list(queue.nodes), sentinel_kwargs={"socket_connect_timeout": 5, "socket_timeout": 5,
-                                                        "ssl": queue.ssl, "retry": AsyncRetry(NoBackoff(), 0)})
-                self._redis = self._sentinel.master_for(
-                    queue.service, db=queue.db, username=queue.username, password=queue.password, ssl=queue.ssl,
-                    decode_responses=False, protocol=2, retry=AsyncRetry(NoBackoff(), 0), **sockets,
-                )
-            else:
-                self._redis = aioredis.Redis.from_url(
-                    self.redis_url, decode_responses=False, protocol=2, retry=AsyncRetry(NoBackoff(), 0), **sockets,
-                )
+    def _client(self) -> Client:
+        if self._redis is None:  # the socket timeout outlasts a blocking read
+            self._redis, self._sentinel = open_client(self.redis_url, self._queue, self.block_ms / 1000 + 10)
+            self._xackdel = None
         return self._redis
 
     async def _disconnect(self) -> None:
@@ -346,12 +330,7 @@ class Consumer:
         sentinel, self._sentinel = self._sentinel, None
         for stream in self._streams:
             stream.group_ready = False
-        if client is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.aclose(), 5)
-        for watcher in sentinel.sentinels if sentinel is not None else ():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(watcher.aclose(), 5)
+        await close_client(client, sentinel)
 
     async def _create_group(self, stream: _Stream) -> None:
         try:
@@ -398,12 +377,10 @@ class Consumer:
         results = await asyncio.gather(*(self._deliver(stream, *e, handler) for e in entries), return_exceptions=True)
         done = [r for r in results if isinstance(r, tuple)]
         if done:
-            keys = [key for _, ref in done if ref is not None for key in ref.chunk_keys()]
-            ids = [entry_id for entry_id, _ in done]
-            if keys:
-                await self._client().eval(_ACK_SCRIPT, 1 + len(keys), stream.name, *keys, self.group, *ids)
-            else:
-                await self._client().xack(stream.name, self.group, *ids)
+            client = self._client()
+            if self._xackdel is None:
+                self._xackdel = await has_xackdel(client, stream.name, self.group)
+            await acknowledge(client, stream.name, self.group, done, xackdel=self._xackdel)
         for result in results:
             if isinstance(result, BaseException):
                 raise result  # a Redis error while dead-lettering: the loop backs off
@@ -420,11 +397,11 @@ class Consumer:
                 raise RecordError(f"body key {body.key!r} is not one of {stream.name}'s")
         except RecordError as exc:
             log.error("entry %s on %s is not a record: %s; dead-lettering it", ident, stream.name, exc)
-            await self._dead_letter(stream, entry_id, fields, deliveries, str(exc))
+            await self._dead_letter(stream, entry_id, fields, None, deliveries, str(exc))
             return None
         if deliveries > self.max_deliveries:  # e.g. the handler kept killing its process
             log.error("entry %s on %s was delivered %d times; dead-lettering it", ident, stream.name, deliveries)
-            await self._dead_letter(stream, entry_id, fields, deliveries, f"delivered {deliveries} times")
+            await self._dead_letter(stream, entry_id, fields, body, deliveries, f"delivered {deliveries} times")
             return None
         try:
             if not isinstance(body, BodyRef):
@@ -436,38 +413,42 @@ class Consumer:
                 message = Message(ident, stream.name, envelope, b"".join(whole), deliveries)
                 del whole
         except BodyMissingError as exc:
-            await self._failed(stream, entry_id, fields, deliveries, exc)
+            await self._failed(stream, entry_id, fields, body, deliveries, exc)
             return None
         try:
             await handler(message)
         except Exception as exc:
-            await self._failed(stream, entry_id, fields, deliveries, exc)
+            await self._failed(stream, entry_id, fields, body, deliveries, exc)
             return None
         return entry_id, body if isinstance(body, BodyRef) else None
 
     async def _failed(
-        self, stream: _Stream, entry_id: bytes, fields: dict[bytes, bytes], deliveries: int, exc: Exception
+        self, stream: _Stream, entry_id: bytes, fields: dict[bytes, bytes], body: bytes | BodyRef, deliveries: int,
+        exc: Exception,
     ) -> None:
         """A delivery failed: the entry stays pending, or is dead-lettered when that was the last try."""
         reason = f"{type(exc).__name__}: {exc}"[:_REASON_MAX]
         final = isinstance(exc, PermanentError) or deliveries >= self.max_deliveries
-        log.error(
-            "handler failed for %s (delivery %d of %d)%s", entry_id.decode(), deliveries, self.max_deliveries,
-            "; dead-lettering it" if final else "; it stays pending", exc_info=True,
+        expected = isinstance(exc, (PermanentError, TemporaryError, BodyMissingError))  # no traceback to show
+        log.log(
+            logging.ERROR if final or not expected else logging.WARNING,
+            "handler failed for %s (delivery %d of %d)%s%s", entry_id.decode(), deliveries, self.max_deliveries,
+            f": {exc}" if expected else "", "; dead-lettering it" if final else "; it stays pending",
+            exc_info=not expected,
         )
         if final:
-            await self._dead_letter(stream, entry_id, fields, deliveries, reason)
+            await self._dead_letter(stream, entry_id, fields, body, deliveries, reason)
 
     async def _dead_letter(
-        self, stream: _Stream, entry_id: bytes, fields: dict[bytes, bytes], deliveries: int, reason: str
+        self, stream: _Stream, entry_id: bytes, fields: dict[bytes, bytes], body: bytes | BodyRef | None,
+        deliveries: int, reason: str,
     ) -> None:
-        # XADD, then XACK: a crash between them leaves a duplicate dead letter, never none.
-        # Not one MULTI: the two streams may live on different Redis Cluster slots.
-        client = self._client()
-        letter: dict[Any, Any] = {**fields, b"origin_id": entry_id, b"reason": reason.encode(),
-                                  b"deliveries": str(deliveries).encode()}
-        await client.xadd(stream.dead, letter)
-        await client.xack(stream.name, self.group, entry_id)
+        # One script: the dead letter, the XACK and (when no other group needs the entry)
+        # its removal; see smtpfront.streamops for who owns the chunk keys afterwards.
+        letter: dict[bytes, bytes] = {**fields, b"origin_id": entry_id, b"reason": reason.encode(),
+                                      b"deliveries": str(deliveries).encode()}
+        await dead_letter(self._client(), stream.name, stream.dead, self.group, entry_id, letter,
+                          body if isinstance(body, BodyRef) else None)
 
 
 def _address(text: str) -> Address:
@@ -535,7 +516,7 @@ def exec_handler(command: Sequence[str], *, timeout: float = 60, tempfail: Colle
 
     Exit 0 acknowledges. An exit status in ``tempfail`` (EX_TEMPFAIL, 75), death by a
     signal, or running past ``timeout`` seconds (its process group is then killed) raises
-    ``RuntimeError``: the entry stays pending and is retried. Any other status raises
+    :class:`TemporaryError`: the entry stays pending and is retried. Any other status raises
     :class:`PermanentError`: the entry is dead-lettered at once.
     """
     argv = list(command)
@@ -565,7 +546,7 @@ def exec_handler(command: Sequence[str], *, timeout: float = 60, tempfail: Colle
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(proc.wait(), 5)
             if isinstance(exc, TimeoutError):
-                raise RuntimeError(f"{argv[0]}: timed out after {timeout}s") from None
+                raise TemporaryError(f"{argv[0]}: timed out after {timeout}s") from None
             raise
         if status == 0:
             return
@@ -573,7 +554,7 @@ def exec_handler(command: Sequence[str], *, timeout: float = 60, tempfail: Colle
         what = f"{argv[0]}: " + (f"killed by signal {-status}" if status < 0 else f"exit status {status}")
         what += f": {said}" if said else ""
         if status < 0 or status in tempfail:
-            raise RuntimeError(what)
+            raise TemporaryError(what)
         raise PermanentError(what)
 
     return deliver

@@ -7,6 +7,7 @@ own). Every wait is bounded; a consumer runs as a task inside ``asyncio.run``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import subprocess
@@ -21,7 +22,7 @@ import pytest
 import redis
 import uvloop
 
-from smtpfront.consumer import Consumer, Handler, Message, PermanentError, exec_handler, maildir_handler
+from smtpfront.consumer import Consumer, Handler, Message, PermanentError, TemporaryError, exec_handler, maildir_handler
 from smtpfront.core.events import Address, MailParams, RcptParams
 from smtpfront.sink.base import Envelope, Recipient
 from smtpfront.sink.record import envelope_fields
@@ -312,8 +313,36 @@ def test_exec_handler_tempfail_leaves_entry_pending(redis_server: RedisServer) -
         await running(consumer(redis_server), handler, lambda: until(lambda: len(failures) == 1))
 
     asyncio.run(main())
-    assert type(failures[0]) is RuntimeError and "exit status 75: disk on fire" in str(failures[0])
+    assert type(failures[0]) is TemporaryError and "exit status 75: disk on fire" in str(failures[0])
     assert pending(redis_server) == 1 and dead_letters(redis_server) == []
+
+
+def test_an_expected_retry_is_one_warning_line(redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 17 item 5: exit 75 of --exec is expected; it gets one WARNING line, no traceback."""
+    xadd(redis_server, fields())
+    xadd(redis_server, fields(queue_id="Q2"))
+    calls: list[str] = []
+    tempfail = exec_handler(["sh", "-c", "cat >/dev/null; echo 'try later' >&2; exit 75"])
+
+    async def handler(message: Message) -> None:
+        calls.append(message.envelope["id"])
+        if message.envelope["id"] == "Q2":
+            raise ValueError("a bug in the handler")  # unexpected: ERROR with its traceback
+        await tempfail(message)
+
+    async def main() -> None:
+        await running(consumer(redis_server), handler, lambda: until(lambda: len(calls) == 2))
+
+    with caplog.at_level(logging.INFO, logger="smtpfront.consumer"):
+        asyncio.run(main())
+    failed = [r for r in caplog.records if r.getMessage().startswith("handler failed")]
+    [expected] = [r for r in failed if "exit status 75" in r.getMessage()]
+    assert expected.levelno == logging.WARNING and not expected.exc_info
+    assert "exit status 75: try later; it stays pending" in expected.getMessage()
+    assert "\n" not in expected.getMessage()
+    [bug] = [r for r in failed if r is not expected]
+    assert bug.levelno == logging.ERROR and bug.exc_info is not None
+    assert pending(redis_server) == 2
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
@@ -331,10 +360,10 @@ def test_exec_handler_outcomes(loop: str) -> None:
         assert isinstance(permanent, PermanentError) and str(permanent) == "sh: exit status 1: nope"
         started = time.monotonic()
         slow = await outcome(["sh", "-c", "sleep 30; cat"], timeout=0.3)
-        assert type(slow) is RuntimeError and "timed out" in str(slow)
+        assert type(slow) is TemporaryError and "timed out" in str(slow)
         assert time.monotonic() - started < 3  # the process group was killed, sleep included
         killed = await outcome(["sh", "-c", "kill -9 $$"])
-        assert type(killed) is RuntimeError and "killed by signal 9" in str(killed)
+        assert type(killed) is TemporaryError and "killed by signal 9" in str(killed)
 
     if loop == "uvloop":
         uvloop.run(main())
