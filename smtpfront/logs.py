@@ -249,8 +249,7 @@ class SessionLogger(logging.LoggerAdapter[logging.Logger]):
         if not logger.isEnabledFor(logging.INFO):
             return
         handler = _only_line_handler(logger, logging.INFO)
-        if handler is None or not handler.queue_line(logging.INFO, logger.name, name,
-                                                     _safe_extra(self.extra or {}, fields)):
+        if handler is None or not handler.queue_event("INFO", logger.name, name, self.extra or {}, fields):
             logger.info(name, extra=_safe_extra(self.extra or {}, fields), stacklevel=2)
 
     def debug_event(self, name: str, /, **fields: object) -> None:
@@ -259,16 +258,23 @@ class SessionLogger(logging.LoggerAdapter[logging.Logger]):
             self.logger.debug(name, extra=_safe_extra(self.extra or {}, fields), stacklevel=2)
 
 
+_LINGER = 0.05  # seconds a line may wait inside a loop for others to share its write
+_LINGER_CHARS = 64 * 1024  # … unless this much waits already
+
+
 class _LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """A StreamHandler that, inside a running event loop, writes the lines of one loop pass
-    with one write: a worker logs a line per message, and a write (and flush) per line was
-    a system call per message. Outside a loop (the master, scripts), and for warnings and
-    errors, each line goes at once. A line waits at most until the loop's next pass;
-    ``flush()`` and ``close()`` (``logging.shutdown``) write what waits."""
+    """A StreamHandler that, inside a running event loop, gathers the lines of up to
+    ``_LINGER`` seconds (or ``_LINGER_CHARS``) into one write: a worker logs a line per
+    message, and a write per line, or per loop pass, was a system call per message. Outside a
+    loop (the master, scripts), and for warnings and errors, each line goes at once, after
+    what waits. ``flush()`` and ``close()`` (``logging.shutdown``, a worker's exit) write what
+    waits; a killed worker loses at most ``_LINGER`` seconds of INFO lines."""
 
     def __init__(self, stream: IO[str]) -> None:
         super().__init__(stream)
         self._pending: list[str] = []
+        self._chars = 0
+        self._timer: asyncio.Handle | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -284,9 +290,17 @@ class _LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:
             self.handleError(record)
             return
-        if not self._pending:
-            loop.call_soon(self.flush)
+        self._queue(loop, line)
+
+    def _queue(self, loop: asyncio.AbstractEventLoop, line: str) -> None:
         self._pending.append(line)
+        self._chars += len(line)
+        if self._chars > _LINGER_CHARS:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = loop.call_soon(self.flush)
+        elif self._timer is None:
+            self._timer = loop.call_later(_LINGER, self.flush)
 
     def queue_line(self, levelno: int, logger: str, msg: str, extra: dict[str, object]) -> bool:
         """Format and queue one line as :meth:`emit` would a record carrying ``extra``
@@ -307,13 +321,42 @@ class _LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
                                   logging.getLevelName(levelno), logger, msg, fields) + self.terminator
         except Exception:
             return False  # the general path formats it again and reports the failure
-        if not self._pending:
-            loop.call_soon(self.flush)
-        self._pending.append(line)
+        self._queue(loop, line)
+        return True
+
+    def queue_event(self, levelname: str, logger: str, msg: str, context: Mapping[str, object],
+                    fields: Mapping[str, object]) -> bool:
+        """:meth:`queue_line` for an INFO session event, its JSON built in one pass: the same
+        keys, order, renaming and redaction as the record path (a test compares them)."""
+        formatter = self.formatter
+        if type(formatter) is not JsonFormatter:
+            return self.queue_line(logging.INFO, logger, msg, _safe_extra(context, fields))
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        created = time.time()
+        doc: dict[str, object] = {"ts": formatter.timestamp_of(created, int((created - int(created)) * 1000)),
+                                  "level": levelname, "logger": logger, "msg": msg}
+        if formatter.worker is not None:
+            doc["worker"] = formatter.worker
+        for key, value in context.items():  # session, client: ours, neither reserved nor secret
+            doc[key] = value
+        for key, value in fields.items():
+            name = key + "_" if key in _RESERVED else key
+            doc[name + "_" if name in _BASE_KEYS else name] = _REDACTED if _secret(key) else _redacted(value, 1)
+        try:
+            line = _dumps(doc) + self.terminator
+        except Exception:
+            return False
+        self._queue(loop, line)
         return True
 
     def flush(self) -> None:
-        pending, self._pending = self._pending, []
+        pending, self._pending, self._chars = self._pending, [], 0
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.acquire()
         try:
             if pending and self.stream is not None:

@@ -408,12 +408,20 @@ _instruments: tuple[int, Instruments] | None = None
 
 
 def instruments() -> Instruments:
-    """This process's instruments, created on first use (and again in a forked child)."""
+    """This process's instruments, created on first use (and again in a forked child: the
+    cache is dropped at the fork, so no ``getpid`` system call is made per use)."""
     global _instruments
-    pid = os.getpid()
-    if _instruments is None or _instruments[0] != pid:
-        _instruments = (pid, Instruments())
+    if _instruments is None:
+        _instruments = (os.getpid(), Instruments())
     return _instruments[1]
+
+
+def _forget_instruments() -> None:
+    global _instruments
+    _instruments = None
+
+
+os.register_at_fork(after_in_child=_forget_instruments)
 
 
 def _collected(name: str) -> list[float]:

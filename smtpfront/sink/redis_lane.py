@@ -143,7 +143,6 @@ class Lane:
             self._failed(batch, exc)
             return
         self._load_scripts = False
-        instruments().inflight_bytes.set(owner.inflight)
         answer.add_done_callback(partial(self._answered, batch, skip))
 
     def _answered(self, batch: _Batch, skip: int, answer: asyncio.Future[list[Any]]) -> None:
@@ -168,9 +167,7 @@ class Lane:
         owner.batches += 1
         owner.entries += len(batch)
         owner.max_batch = max(owner.max_batch, len(batch))
-        m = instruments()
-        m.batch_size.observe(len(batch))
-        m.queue_up.set(1)
+        instruments().batch_size.observe(len(batch))
         self._release(batch)
         for (_, future, _), reply in zip(batch, replies, strict=True):
             if future.done():
@@ -187,7 +184,6 @@ class Lane:
 
     def _release(self, batch: _Batch) -> None:
         self._owner.released(sum(size for _, _, size in batch))
-        instruments().inflight_bytes.set(self._owner.inflight)
 
     def _settle(self, batch: _Batch, error: BaseException) -> None:
         self._release(batch)

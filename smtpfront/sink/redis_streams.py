@@ -689,6 +689,7 @@ class RedisStreamSink:
         self.full = False  # past high_water: the server answers new transactions 452
         self._drained: asyncio.Event | None = None
         self._monitor: asyncio.Task[None] | None = None
+        self._sampler: asyncio.TimerHandle | None = None
         self._dedup_prefix = f"{stream}:dedup:".encode()
         self._dedup_sha = hashlib.sha1(_DEDUP_SCRIPT).hexdigest().encode()  # Redis names scripts by SHA-1
         self.scripts = (_DEDUP_SCRIPT,) if dedup_window else ()  # loaded on every lane's connection
@@ -724,9 +725,17 @@ class RedisStreamSink:
         except (RedisError, RedisClusterException, OSError) as exc:
             raise SinkError(f"redis queue {self._safe_url}: {exc}") from exc
         instruments().queue_up.set(1)
+        self._sample()
         if self.high_water is not None:
             await self._measure()
             self._monitor = asyncio.get_running_loop().create_task(self._watch())
+
+    def _sample(self) -> None:
+        """The in-flight bytes gauge, sampled every ``monitor_interval`` (a gauge write per
+        batch cost more than the batch's own Python)."""
+        instruments().inflight_bytes.set(self.inflight)
+        if not self._closed:
+            self._sampler = asyncio.get_running_loop().call_later(self.monitor_interval, self._sample)
 
     async def _measure(self) -> None:
         """full ⇔ the backlog (the group's lag when a group is named, else XLEN; summed over
@@ -782,4 +791,7 @@ class RedisStreamSink:
         self._closed = True
         if self._monitor is not None:
             self._monitor.cancel()
+        if self._sampler is not None:
+            self._sampler.cancel()
         await self._topology.close()
+        instruments().inflight_bytes.set(self.inflight)
