@@ -4,8 +4,8 @@ Commits queued while a batch is in flight wait for it and go out together as the
 one ``write`` of hand-packed RESP on a :class:`~smtpfront.sink.redis_wire.Channel`, whose
 replies resolve each commit's future. No task runs per batch: the first commit of a loop pass
 schedules the send, the batch's answer sends the next one. A lone commit never waits for
-company; up to :data:`IN_FLIGHT` batches may be on the wire at once, so a large batch does not
-hold the next one back while Redis copies it.
+company; while a large batch is on the wire (:data:`OVERLAP`), a second one may follow
+(:data:`IN_FLIGHT`), so Redis copying a large body does not hold the next batch back.
 
 A batch that fails (the connection lost, no answer within the timeout) takes the lane
 **down**: every later commit is refused at once (the client gets ``451 4.3.0``) and nothing
@@ -38,8 +38,11 @@ PROBE_PAUSE = 0.05
 """Seconds between a probe attempt that failed and the next one, at first (then doubled)."""
 PROBE_PAUSE_MAX = 0.4
 """The longest pause between probe attempts: a lane is back this soon after Redis answers."""
-IN_FLIGHT = 1
+IN_FLIGHT = 2
 """Batches on the wire at once; more pending commits wait for one to be answered."""
+OVERLAP = 64 * 1024
+"""A second batch goes out while one is on the wire only if that one carries this many octets
+(Redis copying a large body): small batches wait and grow (one write for many commits)."""
 
 _Batch = Sequence[tuple[list[bytes], "asyncio.Future[str]", int]]  # packed command, its reply, octets
 _SLOT_MOVED = (b"MOVED", b"ASK", b"CLUSTERDOWN", b"TRYAGAIN")  # the cluster's slot map changed
@@ -69,7 +72,8 @@ class Lane:
     restarted Redis has none) and again after a ``NOSCRIPT`` reply."""
 
     __slots__ = ("_owner", "_connect", "label", "_trouble", "_timeout", "_scripts", "_script_count", "_conn",
-                 "_channel", "_load_scripts", "_pending", "_scheduled", "_connecting", "down", "_probe", "_closed")
+                 "_channel", "_load_scripts", "_pending", "_scheduled", "_connecting", "down", "_probe", "_closed",
+                 "_on_wire")
 
     def __init__(self, owner: LaneOwner, connect: Callable[[], AbstractConnection], label: str, timeout: float,
                  scripts: Sequence[bytes] = (), trouble: Callable[[], None] | None = None) -> None:
@@ -85,6 +89,7 @@ class Lane:
         self._load_scripts = bool(scripts)  # before the next batch, on this connection
         self._pending: list[tuple[list[bytes], asyncio.Future[str], int]] = []
         self._scheduled = False
+        self._on_wire = 0
         self._connecting: asyncio.Task[None] | None = None
         self.down = False
         self._probe: asyncio.Task[None] | None = None
@@ -126,7 +131,7 @@ class Lane:
             if self._connecting is None:
                 self._connecting = asyncio.get_running_loop().create_task(self._open())
             return
-        if channel.in_flight >= IN_FLIGHT:
+        if channel.in_flight >= IN_FLIGHT or (channel.in_flight and self._on_wire < OVERLAP):
             return  # an answer sends the next batch
         batch, self._pending = self._pending, []
         skip = self._script_count if self._load_scripts else 0  # the SCRIPT LOAD replies first
@@ -137,11 +142,13 @@ class Lane:
         replicated = owner.durability == "replicated"
         if replicated:
             out.append(_command(b"WAIT", b"%d" % owner.replicas, b"%d" % owner.wait_timeout_ms))
+        data = b"".join(out)
         try:
-            answer = channel.call(b"".join(out), skip + len(batch) + replicated)
+            answer = channel.call(data, skip + len(batch) + replicated)
         except ConnectionError as exc:
             self._failed(batch, exc)
             return
+        self._on_wire = len(data)  # the latest batch's octets
         self._load_scripts = False
         answer.add_done_callback(partial(self._answered, batch, skip))
 
