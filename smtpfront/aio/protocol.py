@@ -181,7 +181,10 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         self.deadline.arm(settings.timeouts.greeting)
         self._emit("connect", self.session)
         if not expect_proxy:
-            self._run(self._open_session())
+            if self._greet_now():
+                self._flush()
+            else:
+                self._run(self._open_session())
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._pre_tls is not None:
@@ -379,6 +382,18 @@ class SMTPProtocol(asyncio.BufferedProtocol):
 
     # -- session start ------------------------------------------------------------------
 
+    def _greet_now(self) -> bool:
+        """Send the greeting at once when nothing must be awaited before it (no TLS handshake,
+        reverse lookup, pregreet delay, on_connect hook or middleware): no task per connection."""
+        settings, hooks = self.settings, self.hooks
+        if ((settings.implicit_tls and settings.tls_context is not None) or settings.reverse_lookup
+                or settings.timeouts.greeting_delay or hooks.middleware or hooks.implements("on_connect")):
+            return False
+        self.conn.send(self.conn.greeting_reply(settings.banner))
+        self.state.instruments.greeting.observe(self.loop.time() - self._accepted)
+        self._touch()
+        return True
+
     async def _open_session(self) -> None:
         settings = self.settings
         if settings.implicit_tls and settings.tls_context is not None and not await self._handshake():
@@ -540,9 +555,9 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         if not info.local and info.source_address is not None:
             self.session.client_address = info.source_address
             self.session.client_port = info.source_port or 0
-            # Trust (XCLIENT, XFORWARD) is the client's own, not the proxy's (DESIGN rule 9).
+            # Trust (XCLIENT, XFORWARD) is the client's own, not the proxy's (ARCHITECTURE.md rule 9).
             self.conn.use_features(self.settings.features_for(self.session.client_address))
-        return self._open_session()
+        return None if self._greet_now() else self._open_session()
 
     def _on_helo(self, event: Helo) -> Coroutine[Any, Any, None] | None:
         def apply(reply: Reply, _: object) -> None:
