@@ -247,7 +247,10 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         for task in (self._task, self._data_task):
             if task is not None and not task.done() and task is not current:
                 task.cancel()
-        self.loop.create_task(self._finish_session())
+        if self._writer is None and self._data_task is None and not self.hooks.implements("on_close"):
+            self._emit("close", self.session)  # nothing to abandon or to ask: no task
+        else:
+            self.loop.create_task(self._finish_session())
 
     def pause_writing(self) -> None:
         self._write_paused = True
