@@ -633,7 +633,8 @@ def render(config: Config, *, mask_secrets: bool = True) -> str:
 
 
 # Defaults that depend on the machine are described, so the generated table is the same everywhere.
-_DESCRIBED = {"hostname": "the host's FQDN", "workers": "the number of CPUs", "listen": "127.0.0.1:2525"}
+_DESCRIBED = {"hostname": "the host's FQDN", "workers": "the number of CPUs",
+              "listen": "127.0.0.1:2525 (flag and environment only; a file uses [[listeners]])"}
 
 
 def _shown(value: object) -> str:

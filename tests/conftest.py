@@ -208,3 +208,19 @@ def redis_cluster(tmp_path: Path) -> Iterator[RedisClusterNodes]:
         yield cluster
     finally:
         cluster.close()
+
+
+_MARKED_BY_FOLDER = {"core": "core", "aio": "wire", "deploy": "deploy", "supervisor": "process"}
+_REDIS_FIXTURES = {"redis_server", "redis_cluster"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Markers from where a test lives and what it starts (pyproject.toml lists them)."""
+    root = Path(__file__).parent
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(root).parts
+        folder = parts[0] if len(parts) > 1 else ""
+        if folder in _MARKED_BY_FOLDER:
+            item.add_marker(_MARKED_BY_FOLDER[folder])
+        if _REDIS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker("redis")
