@@ -1,4 +1,4 @@
-"""The command line: ``smtpfront serve | consume | check-config | version``.
+"""The command line: ``smtpfront serve | consume | check-config | passwd | version``.
 
 ``serve`` runs the pre-fork master (``--workers`` uvloop processes sharing the port through
 SO_REUSEPORT), writing each accepted message to the queue named by ``--queue``:
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import logging
 import os
 import shutil
@@ -28,10 +29,12 @@ from collections.abc import Sequence
 from . import core, metrics
 from ._version import __version__
 from .assembly import build_sink
+from .assembly import check as check_plugins
 from .config import REDIS_SCHEMES, Config, ConfigError, load_config, parse_address, render
 from .config import warnings as config_warnings
 from .core.data import ACCELERATED
 from .logs import setup_logging
+from .policy.passwords import SCHEMES, hash_password, set_password
 from .sink.base import SinkError
 from .supervisor.arbiter import Arbiter
 from .supervisor.worker import worker_main
@@ -95,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--exec", nargs=argparse.REMAINDER, metavar="CMD",
                         help="pipe each message into CMD ARGS... (last option; exit 75 retries, other failures "
                              "dead-letter)")
+    passwd = sub.add_parser("passwd", help="add or replace a user in an auth.file credentials file")
+    passwd.add_argument("--file", required=True, metavar="PATH", help="the credentials file (created mode 0600)")
+    passwd.add_argument("--scheme", choices=SCHEMES, default="argon2id",
+                        help="argon2id (default; PLAIN, LOGIN), scram-sha-256 (also SCRAM-SHA-256), "
+                             "bcrypt (PLAIN, LOGIN), plain (clear text: also CRAM-MD5)")
+    passwd.add_argument("user", help="the user name clients log in with")
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -132,10 +141,14 @@ def serve(args: argparse.Namespace) -> int:
         build_sink(config)  # a queue this worker cannot serve fails here, before any fork
     except (SinkError, ValueError) as exc:
         raise SystemExit(f"smtpfront: --queue: {exc}") from None
-    for listener in config.listeners:
-        _check_bind(listener.host, listener.port)
+    try:
+        check_plugins(config)  # every plugin imports and builds (the credentials file is read)
+    except ConfigError as exc:
+        raise SystemExit(f"smtpfront: configuration: {exc}") from None
     for warning in config_warnings(config):
         log.warning(warning)
+    for listener in config.listeners:
+        _check_bind(listener.host, listener.port)
     if not core.compiled():
         log.warning("the protocol core is not compiled (installed without a C compiler, or with "
                     "SMTPFRONT_PURE_PYTHON=1): it runs interpreted, about half as fast")
@@ -148,7 +161,9 @@ def serve(args: argparse.Namespace) -> int:
     current = [config]
 
     def reload_check() -> None:  # SIGHUP: the new generation reads the file again
-        current[0] = load_config(args.config, env=os.environ, overrides=_overrides(args))
+        new = load_config(args.config, env=os.environ, overrides=_overrides(args))
+        check_plugins(new)
+        current[0] = new
 
     directory = metrics.prepare()  # before any fork: every worker writes its metric files here
     restarts = metrics.metrics().worker_restarts
@@ -208,6 +223,7 @@ def check_config(args: argparse.Namespace) -> int:
     """Validate a configuration; print the effective one (secrets masked)."""
     try:
         config = load_config(args.file, env=os.environ)
+        check_plugins(config)
     except (ConfigError, OSError) as exc:
         print(f"smtpfront: configuration: {exc}", file=sys.stderr)
         return 2
@@ -226,6 +242,24 @@ def _check_bind(host: str, port: int) -> None:
             probe.bind((host, port))
         except OSError as exc:
             raise SystemExit(f"smtpfront: cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def passwd(args: argparse.Namespace) -> int:
+    """Add or replace USER's line in the credentials file; the password from a prompt or stdin."""
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"password for {args.user}: ")
+        if getpass.getpass("again: ") != password:
+            print("smtpfront: passwd: the passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    try:
+        replaced = set_password(args.file, args.user, hash_password(args.scheme, password))
+    except (OSError, ValueError) as exc:
+        print(f"smtpfront: passwd: {exc}", file=sys.stderr)
+        return 1
+    print(f"{'replaced' if replaced else 'added'} {args.user} ({args.scheme}) in {args.file}", file=sys.stderr)
+    return 0
 
 
 async def consume(args: argparse.Namespace) -> int:
@@ -271,6 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(uvloop.run(consume(args)))
     if args.command == "check-config":
         return check_config(args)
+    if args.command == "passwd":
+        return passwd(args)
     return serve(args)
 
 
