@@ -12,6 +12,9 @@ What each operator setting means for the protocol:
   listener still handshakes), ``AUTH`` (no mechanisms), ``BDAT`` (no CHUNKING/BINARYMIME).
 - ``listeners[].mode = "submission"`` requires AUTH when ``auth.methods`` are configured.
 - ``trust.proxy`` applies only to listeners with ``proxy_protocol``.
+- The hook chain is the plugins, in this order: ``[auth] backend`` (the built-in
+  ``auth-file`` or ``auth-dovecot``), ``[policy] domains`` (``relay-policy``), then each
+  ``[[plugins]]`` table; each is built as ``server.use(...)`` would add it.
 """
 
 from __future__ import annotations
@@ -25,13 +28,17 @@ from .aio.server import Listener
 from .aio.sessionlog import log_sessions
 from .aio.settings import ListenerSettings
 from .aio.tls import server_context
-from .config import REDIS_SCHEMES, Config, ListenerConfig
+from .config import REDIS_SCHEMES, Config, ConfigError, ListenerConfig, PluginConfig, needs_auth
 from .core.options import Features, Limits, Policies
 from .hooks import HookChain, Listeners
+from .policy.registry import PluginError, build
 from .sink.base import Envelope, Sink, SinkError
 from .sink.trace import received_header
 
-__all__ = ["Assembly", "assemble", "build_sink", "features", "listener_settings", "tls_context", "trace"]
+__all__ = [
+    "Assembly", "assemble", "build_sink", "build_hooks", "plugin_specs", "check", "features", "listener_settings",
+    "tls_context", "trace",
+]
 
 
 def build_sink(config: Config) -> Sink:
@@ -111,6 +118,47 @@ def listener_settings(config: Config, listener: ListenerConfig, context: ssl.SSL
     )
 
 
+def plugin_specs(config: Config) -> list[tuple[str, PluginConfig]]:
+    """The plugins ``config`` asks for, in chain order, each with the key that configured it."""
+    out: list[tuple[str, PluginConfig]] = []
+    a, p = config.auth, config.policy
+    if a.backend == "file":
+        out.append(("auth.backend", PluginConfig("auth-file", {"file": a.file})))
+    elif a.backend == "dovecot":
+        out.append(("auth.backend", PluginConfig("auth-dovecot", {"socket": a.socket, "timeout": a.timeout})))
+    if p.domains:
+        options: dict[str, object] = {"domains": list(p.domains), "relay_networks": [str(n) for n in p.relay_networks]}
+        if p.recipients is not None:
+            options["recipients"] = p.recipients
+        out.append(("policy.domains", PluginConfig("relay-policy", options)))
+    out += [(f"plugins[{i}]", plugin) for i, plugin in enumerate(config.plugins)]
+    return out
+
+
+def build_hooks(config: Config) -> HookChain:
+    """The hook chain ``config`` describes (:func:`plugin_specs`); raises PluginError naming the plugin."""
+    chain = HookChain()
+    for where, spec in plugin_specs(config):
+        plugin = build(where, spec.use, spec.options)
+        try:
+            chain.use(plugin, name=f"{plugin.name or type(plugin).__name__}#{where}")
+        except (TypeError, ValueError) as exc:
+            raise PluginError(where, f"{spec.use!r}: {exc}") from None
+    return chain
+
+
+def check(config: Config) -> HookChain:
+    """What ``check-config`` and ``serve`` refuse beyond the configuration's own checks: a plugin
+    that cannot be built, and a listener that requires AUTH while nothing can accept it."""
+    chain = build_hooks(config)
+    for i, listener in enumerate(config.listeners):
+        if needs_auth(config, listener) and config.auth.methods and not chain.implements("on_auth"):
+            key = f"listeners[{i}].auth_required" if listener.auth_required else f"listeners[{i}].mode"
+            raise ConfigError(key, 'requires AUTH, but nothing checks credentials: set auth.backend = "file" '
+                                   '(smtpfront passwd) or "dovecot", or add a [[plugins]] with on_auth')
+    return chain
+
+
 def trace(envelope: Envelope, server_name: str) -> bytes:
     """The ``Received:`` field prepended to every message (RFC 5321 §4.4)."""
     return received_header(envelope, server_name=server_name, queue_id=envelope.id, when=envelope.received_at)
@@ -131,8 +179,9 @@ def assemble(config: Config, *, sink: Sink | None = None, hooks: HookChain | Non
              sockets: Sequence[socket.socket] = (), reuse_port: bool = False) -> Assembly:
     """Build what serves ``config``: one :class:`Listener` per configured listener (adopting an
     inherited socket of the same address from ``sockets``), the sink (``sink``, or the one
-    ``config.queue`` names), the hook chain and the session events (the session log when
-    ``logging.sessions``). Raises SinkError or ValueError (a TLS file that cannot be used)."""
+    ``config.queue`` names), the hook chain (``hooks``, or the plugins ``config`` names) and the
+    session events (the session log when ``logging.sessions``). Raises SinkError or ValueError (a
+    TLS file that cannot be used, a plugin that cannot be built: PluginError)."""
     context = tls_context(config)
     inherited = {sock.getsockname()[:2]: sock for sock in sockets}
     listeners = [
@@ -146,4 +195,4 @@ def assemble(config: Config, *, sink: Sink | None = None, hooks: HookChain | Non
     if config.logging.sessions:
         log_sessions(events)
     return Assembly(config, listeners, sink if sink is not None else build_sink(config),
-                    hooks if hooks is not None else HookChain(), events)
+                    hooks if hooks is not None else build_hooks(config), events)

@@ -1,4 +1,4 @@
-"""The command line: ``smtpfront serve | consume | queue | check-config | version``.
+"""The command line: ``smtpfront serve | consume | queue | check-config | passwd | version``.
 
 ``serve`` runs the pre-fork master (``--workers`` uvloop processes sharing the port through
 SO_REUSEPORT), writing each accepted message to the queue named by ``--queue``:
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import logging
 import os
 import shutil
@@ -29,10 +30,12 @@ from collections.abc import Sequence
 from . import core, metrics, queuetool
 from ._version import __version__
 from .assembly import build_sink
+from .assembly import check as check_plugins
 from .config import REDIS_SCHEMES, Config, ConfigError, load_config, parse_address, render
 from .config import warnings as config_warnings
 from .core.data import ACCELERATED
 from .logs import setup_logging
+from .policy.passwords import SCHEMES, hash_password, set_password
 from .sink.base import SinkError
 from .supervisor.arbiter import Arbiter
 from .supervisor.instance import InstanceError, InstanceLock
@@ -98,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="pipe each message into CMD ARGS... (last option; exit 75 retries, other failures "
                              "dead-letter)")
     queuetool.add_parser(sub)
+    passwd = sub.add_parser("passwd", help="add or replace a user in an auth.file credentials file")
+    passwd.add_argument("--file", required=True, metavar="PATH", help="the credentials file (created mode 0600)")
+    passwd.add_argument("--scheme", choices=SCHEMES, default="argon2id",
+                        help="argon2id (default; PLAIN, LOGIN), scram-sha-256 (also SCRAM-SHA-256), "
+                             "bcrypt (PLAIN, LOGIN), plain (clear text: also CRAM-MD5)")
+    passwd.add_argument("user", help="the user name clients log in with")
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -142,6 +151,10 @@ def serve(args: argparse.Namespace) -> int:
     except InstanceError as exc:
         instance.release()
         raise SystemExit(f"smtpfront: {exc}") from None
+    try:
+        check_plugins(config)  # every plugin imports and builds (the credentials file is read)
+    except ConfigError as exc:
+        raise SystemExit(f"smtpfront: configuration: {exc}") from None
     for warning in config_warnings(config):
         log.warning(warning)
     if not core.compiled():
@@ -156,7 +169,9 @@ def serve(args: argparse.Namespace) -> int:
     current = [config]
 
     def reload_check() -> None:  # SIGHUP: the new generation reads the file again
-        current[0] = load_config(args.config, env=os.environ, overrides=_overrides(args))
+        new = load_config(args.config, env=os.environ, overrides=_overrides(args))
+        check_plugins(new)
+        current[0] = new
 
     directory = metrics.prepare()  # before any fork: every worker writes its metric files here
     restarts = metrics.metrics().worker_restarts
@@ -217,12 +232,31 @@ def check_config(args: argparse.Namespace) -> int:
     """Validate a configuration; print the effective one (secrets masked)."""
     try:
         config = load_config(args.file, env=os.environ)
+        check_plugins(config)
     except (ConfigError, OSError) as exc:
         print(f"smtpfront: configuration: {exc}", file=sys.stderr)
         return 2
     for warning in config_warnings(config):
         print(f"smtpfront: warning: {warning}", file=sys.stderr)
     print(render(config, mask_secrets=True), end="")
+    return 0
+
+
+def passwd(args: argparse.Namespace) -> int:
+    """Add or replace USER's line in the credentials file; the password from a prompt or stdin."""
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"password for {args.user}: ")
+        if getpass.getpass("again: ") != password:
+            print("smtpfront: passwd: the passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    try:
+        replaced = set_password(args.file, args.user, hash_password(args.scheme, password))
+    except (OSError, ValueError) as exc:
+        print(f"smtpfront: passwd: {exc}", file=sys.stderr)
+        return 1
+    print(f"{'replaced' if replaced else 'added'} {args.user} ({args.scheme}) in {args.file}", file=sys.stderr)
     return 0
 
 
@@ -271,6 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return check_config(args)
     if args.command == "queue":
         return queuetool.run(args)
+    if args.command == "passwd":
+        return passwd(args)
     return serve(args)
 
 

@@ -43,8 +43,9 @@ from urllib.parse import urlsplit
 
 __all__ = [
     "Config", "ListenerConfig", "LimitsConfig", "TimeoutsConfig", "TlsConfig", "AuthConfig", "TrustConfig",
-    "FeaturesConfig", "RedisConfig", "MaildirConfig", "MetricsConfig", "LoggingConfig", "SupervisorConfig",
-    "ConfigError", "load_config", "render", "parse_address", "env_name", "keys",
+    "FeaturesConfig", "PolicyConfig", "PluginConfig", "RedisConfig", "MaildirConfig", "MetricsConfig",
+    "LoggingConfig", "SupervisorConfig", "ConfigError", "load_config", "render", "parse_address", "env_name",
+    "keys", "warnings", "auth_socket", "needs_auth",
     "ENV_ALIASES", "REDIS_SCHEMES", "QUEUE_SCHEMES", "AUTH_METHODS",
 ]
 
@@ -167,9 +168,15 @@ class TlsConfig:
 
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
+    """SASL mechanisms offered, and who checks the credentials (the built-in plugins)."""
+
     methods: tuple[str, ...] = _f((), upper=True, items=AUTH_METHODS)  # RFC 4954 SASL mechanisms
     allow_insecure: bool = False  # offer AUTH before TLS
     failure_delay: float = _f(1.0, min=0)
+    backend: Literal["none", "file", "dovecot"] = "none"  # none: only [[plugins]] can accept AUTH
+    file: str | None = _f(None, nonempty=True)  # backend = "file": user:{SCHEME}secret lines
+    socket: str | None = _f(None, nonempty=True)  # backend = "dovecot": a unix socket PATH or HOST:PORT
+    timeout: float = _f(5.0, gt=0)  # backend = "dovecot": connect and answer within this
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +186,26 @@ class TrustConfig:
     proxy: tuple[Network, ...] = _f((), kind="networks")
     xclient: tuple[Network, ...] = _f((), kind="networks")
     xforward: tuple[Network, ...] = _f((), kind="networks")
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    """Which recipients are taken, from whom (the built-in relay-policy plugin, when ``domains`` is set).
+
+    ``domains`` and ``recipients`` items may be ``"file:PATH"`` (one entry a line, ``#`` comments).
+    """
+
+    domains: tuple[str, ...] = ()  # mail for these domains is taken from anyone; () = every recipient
+    relay_networks: tuple[Network, ...] = _f((), kind="networks")  # clients that may relay elsewhere
+    recipients: str | None = _f(None, nonempty=True)  # "file:PATH": the only local addresses taken
+
+
+@dataclass(frozen=True, slots=True)
+class PluginConfig:
+    """One ``[[plugins]]`` table: ``use`` names a factory, ``options`` are its keyword arguments."""
+
+    use: str
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +279,7 @@ class Config:
     timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     trust: TrustConfig = field(default_factory=TrustConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
@@ -259,6 +287,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
+    plugins: tuple[PluginConfig, ...] = ()  # [[plugins]] tables, in order (file only)
 
 
 # -- keys ---------------------------------------------------------------------------------
@@ -270,7 +299,7 @@ def _fields(cls: type) -> dict[str, tuple[Any, Mapping[str, Any]]]:
 
 
 _SECTIONS: dict[str, type] = {n: cast(type, t) for n, (t, _) in _fields(Config).items() if dataclasses.is_dataclass(t)}
-_TOP = [n for n in _fields(Config) if n not in _SECTIONS and n != "listeners"]
+_TOP = [n for n in _fields(Config) if n not in _SECTIONS and n not in ("listeners", "plugins")]
 
 
 @functools.cache
@@ -346,6 +375,8 @@ def _address(key: str, value: object) -> str:
 
 
 def _items(key: str, value: object, text: bool) -> list[object]:
+    if isinstance(value, str) and value.startswith("file:"):  # a list kept in a file (policy.domains)
+        return [value]
     if text and isinstance(value, str):
         return [v.strip() for v in value.split(",") if v.strip()]
     if isinstance(value, list | tuple):
@@ -474,7 +505,11 @@ def _from_file(path: str, raw: dict[str, dict[str, object]]) -> list[dict[str, o
         raise ConfigError(path, f"not valid TOML: {exc}") from None
     listeners = None
     for name, value in doc.items():
-        if name == "listeners":
+        if name == "plugins":
+            if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+                raise ConfigError(name, "expected an array of tables ([[plugins]])")
+            raw[""]["plugins"] = tuple(_plugin(f"plugins[{i}]", t) for i, t in enumerate(value))
+        elif name == "listeners":
             if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
                 raise ConfigError(name, "expected an array of tables ([[listeners]])")
             listeners = [_table(f"listeners[{i}]", "listeners", t) for i, t in enumerate(value)]
@@ -485,8 +520,22 @@ def _from_file(path: str, raw: dict[str, dict[str, object]]) -> list[dict[str, o
         elif name in _TOP:
             raw[""][name] = _coerce(name, value, False)
         else:
-            raise ConfigError(name, "unknown key" + _suggest(name, [*_TOP, "listeners", *_SECTIONS]))
+            raise ConfigError(name, "unknown key" + _suggest(name, [*_TOP, "listeners", "plugins", *_SECTIONS]))
     return listeners
+
+
+def _plugin(where: str, table: Mapping[str, object]) -> PluginConfig:
+    """One ``[[plugins]]`` table: ``use`` (required) and ``options`` (a table)."""
+    for name in table:
+        if name not in ("use", "options"):
+            raise ConfigError(f"{where}.{name}", "unknown key" + _suggest(name, ["use", "options"]))
+    use = table.get("use")
+    if not isinstance(use, str) or not use.strip() or re.search(r"\s", use.strip()):
+        raise ConfigError(f"{where}.use", f'expected "package.module:Factory" or a plugin name, got {_show(use)}')
+    options = table.get("options", {})
+    if not isinstance(options, dict):
+        raise ConfigError(f"{where}.options", f"expected a table (options = {{ … }}), got {_show(options)}")
+    return PluginConfig(use.strip(), MappingProxyType(dict(options)))
 
 
 def _from_env(env: Mapping[str, str]) -> dict[str, object]:
@@ -563,6 +612,7 @@ def _check(c: Config) -> None:
             raise ConfigError(key, f"{address} is also {seen[address]}")
         if address is not None:
             seen[address] = key
+    _check_auth(c)
     for i, lst in enumerate(c.listeners):
         if lst.auth_required and not c.auth.methods:
             raise ConfigError(f"listeners[{i}].auth_required", f"needs auth.methods (of {', '.join(AUTH_METHODS)})")
@@ -572,9 +622,61 @@ def _check(c: Config) -> None:
             raise ConfigError(f"listeners[{i}].require_tls", 'contradicts tls = "none"')
 
 
+def auth_socket(value: str) -> str | tuple[str, int]:
+    """``auth.socket``: a unix socket path, or ``HOST:PORT`` → ``(host, port)``; raises ValueError."""
+    if "/" in value or ":" not in value:
+        return value
+    return parse_address(value)
+
+
+def _check_auth(c: Config) -> None:
+    a = c.auth
+    if a.backend == "file" and a.file is None:
+        raise ConfigError("auth.file", 'needs a path with auth.backend = "file" (make one with: smtpfront passwd)')
+    if a.backend == "dovecot":
+        if a.socket is None:
+            raise ConfigError("auth.socket", 'needs a unix socket path or HOST:PORT with auth.backend = "dovecot"')
+        try:
+            auth_socket(a.socket)
+        except ValueError as exc:
+            raise ConfigError("auth.socket", f"{exc} (a unix socket path, or HOST:PORT)") from None
+        if unfit := [m for m in a.methods if m not in ("PLAIN", "LOGIN")]:
+            raise ConfigError("auth.methods", f"{', '.join(unfit)} cannot be checked by the dovecot backend (it is "
+                                              "given a password: PLAIN and LOGIN only)")
+    for key in ("domains", "recipients"):
+        value = getattr(c.policy, key)
+        for item in (value,) if isinstance(value, str) else value or ():
+            if key == "recipients" and not item.startswith("file:"):
+                raise ConfigError("policy.recipients", f'expected "file:PATH", got {_show(item)}')
+            if item.startswith("file:") and not item[5:].strip():
+                raise ConfigError(f"policy.{key}", 'expected "file:PATH" with a path')
+    if c.policy.recipients is not None and not c.policy.domains:
+        raise ConfigError("policy.recipients", "needs policy.domains (the domains whose users it lists)")
+
+
+def needs_auth(c: Config, listener: ListenerConfig) -> bool:
+    """True when MAIL needs AUTH on ``listener`` (``auth_required``, or submission with methods)."""
+    return listener.auth_required or (listener.mode == "submission" and bool(c.auth.methods))
+
+
+def _open(c: Config, listener: ListenerConfig) -> bool:
+    host = listener.host.strip("[]")
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    return not loopback and listener.mode != "lmtp" and not needs_auth(c, listener) and not c.policy.domains
+
+
 def warnings(c: Config) -> list[str]:
     """What a valid configuration does that is probably not meant: ``check-config`` and ``serve`` say it."""
     out = []
+    for i, listener in enumerate(c.listeners):
+        if _open(c, listener):
+            out.append(f"listeners[{i}]: {listener.address} takes mail for any recipient from anyone (an open "
+                       f"relay): set policy.domains (and policy.relay_networks) or auth_required")
+    if c.auth.backend == "file" and "XOAUTH2" in c.auth.methods:
+        out.append('auth.methods: XOAUTH2 is not checked by the file backend; only a [[plugins]] hook can accept it')
     for key in ("xclient", "xforward"):
         for proxy in c.trust.proxy:
             shared = [net for net in getattr(c.trust, key) if net.version == proxy.version and net.overlaps(proxy)]
@@ -587,6 +689,7 @@ def warnings(c: Config) -> list[str]:
 
 # -- rendering ----------------------------------------------------------------------------
 
+_SECRET_KEY = re.compile(r"pass|secret|token|key", re.IGNORECASE)
 _SECRET = re.compile(r"(://[^/@:]*:)[^/@]+@|([?&](?:password|pass)=)[^&#]*", re.IGNORECASE)
 
 
@@ -629,6 +732,9 @@ def render(config: Config, *, mask_secrets: bool = True) -> str:
         out += ["", "[[listeners]]", *_lines(listener, mask_secrets)]
     for section in _SECTIONS:
         out += ["", f"[{section}]", *_lines(getattr(config, section), mask_secrets)]
+    for plugin in config.plugins:
+        options = {k: "***" if mask_secrets and _SECRET_KEY.search(k) else v for k, v in plugin.options.items()}
+        out += ["", "[[plugins]]", f"use = {_toml(plugin.use, False)}", f"options = {_toml(options, mask_secrets)}"]
     return "\n".join(out) + "\n"
 
 
