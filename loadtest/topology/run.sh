@@ -60,6 +60,7 @@ T_START=$SECONDS
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
+    disown -a 2>/dev/null || true  # no "Killed" line per process below
     for pid in "${PIDS[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
     for node in "${NODES[@]}"; do
         for pid in $(ip netns pids "$P-$node" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
