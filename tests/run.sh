@@ -9,8 +9,8 @@ bash deploy/install.sh dev
 
 # System programs the wire tests drive (real clients and servers, never mocks).
 need=()
-for pair in swaks:swaks redis-server:redis-server openssl:openssl haproxy:haproxy promtool:prometheus \
-        dovecot:dovecot-core; do
+for pair in swaks:swaks redis-server:redis-server redis-cli:redis-tools openssl:openssl haproxy:haproxy \
+        promtool:prometheus dovecot:dovecot-core ip:iproute2 ps:procps setsid:util-linux; do
     cmd=${pair%%:*}; pkg=${pair##*:}
     command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
