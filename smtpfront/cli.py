@@ -18,16 +18,14 @@ SO_REUSEPORT), writing each accepted message to the queue named by ``--queue``:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import getpass
 import logging
 import os
 import shutil
-import signal
 import sys
 from collections.abc import Sequence
 
-from . import core, metrics, queuetool
+from . import consume_cmd, core, metrics, queuetool
 from ._version import __version__
 from .assembly import build_sink
 from .assembly import check as check_plugins
@@ -36,6 +34,7 @@ from .config import warnings as config_warnings
 from .core.data import ACCELERATED
 from .logs import setup_logging
 from .policy.passwords import SCHEMES, hash_password, set_password
+from .queue_metrics import QueueCollector
 from .sink.base import SinkError
 from .supervisor.arbiter import Arbiter
 from .supervisor.instance import InstanceError, InstanceLock
@@ -46,12 +45,8 @@ __all__ = ["main"]
 log = logging.getLogger("smtpfront.cli")
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(f"SMTPFRONT_{name}", default)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (every flag also reads an SMTPFRONT_* environment variable)."""
+    """The argument parser (every flag is also a configuration key: TOML, SMTPFRONT_* environment)."""
     parser = argparse.ArgumentParser(prog="smtpfront", description="SMTP/LMTP receiving front end")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="accept mail and queue it (the pre-fork daemon)")
@@ -77,29 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-format", choices=["json", "plain"], help="json (default) or plain")
     check = sub.add_parser("check-config", help="validate a configuration and print the effective one")
     check.add_argument("file", nargs="?", help="TOML configuration (environment variables apply too)")
-    consume = sub.add_parser("consume", help="deliver queued mail from a Redis stream to a Maildir or a command")
-    consume.add_argument("--queue", default=_env("QUEUE", ""),
-                         help="redis://HOST:PORT/DB (or rediss://…, unix://…, redis+sentinel://…, "
-                              "redis+cluster://…/?shards=N)")
-    consume.add_argument("--stream", default=_env("STREAM", "smtpfront:inbound"), help="(smtpfront:inbound)")
-    consume.add_argument("--group", default=_env("GROUP", "smtpfront"), help="consumer group (smtpfront)")
-    consume.add_argument("--name", default=_env("CONSUMER_NAME", "") or None, help="consumer name (hostname-pid)")
-    consume.add_argument("--max-deliveries", type=int, default=int(_env("MAX_DELIVERIES", "5")),
-                         help="deliveries before an entry goes to STREAM:dead (5)")
-    consume.add_argument("--claim-idle-ms", type=int, default=int(_env("CLAIM_IDLE_MS", "60000")),
-                         help="retry entries pending this long, a crashed consumer's too (60000)")
-    consume.add_argument("--block-ms", type=int, default=int(_env("BLOCK_MS", "5000")),
-                         help="longest wait for new entries; bounds the time SIGTERM takes (5000)")
-    consume.add_argument("--exec-timeout", type=float, default=float(_env("EXEC_TIMEOUT", "60")),
-                         help="--exec: seconds before the command is killed and retried later (60)")
-    consume.add_argument("--no-fsync", action="store_true", help="--maildir: do not fsync")
-    consume.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
-    consume.add_argument("--log-format", choices=["json", "plain"], default=_env("LOG_FORMAT", "json"))
-    target = consume.add_mutually_exclusive_group(required=True)
-    target.add_argument("--maildir", metavar="DIR", help="deliver into this Maildir")
-    target.add_argument("--exec", nargs=argparse.REMAINDER, metavar="CMD",
-                        help="pipe each message into CMD ARGS... (last option; exit 75 retries, other failures "
-                             "dead-letter)")
+    consume_cmd.add_parser(sub)
     queuetool.add_parser(sub)
     passwd = sub.add_parser("passwd", help="add or replace a user in an auth.file credentials file")
     passwd.add_argument("--file", required=True, metavar="PATH", help="the credentials file (created mode 0600)")
@@ -188,8 +161,12 @@ def serve(args: argparse.Namespace) -> int:
         reload_check=reload_check, on_reaped=reaped,
     )
     host, port = parse_address(config.metrics.listen)
+    # A Redis queue's backlog, read at scrape time in the scrape's thread (never the signal loop).
+    queue = ([QueueCollector(config.queue, config.redis.stream)]
+             if config.queue.partition("://")[0] in REDIS_SCHEMES else [])
     health = metrics.HealthServer(
-        host, port, ready=lambda: arbiter.ready() and metrics.queue_reachable(), master_gauges=arbiter.gauges
+        host, port, ready=lambda: arbiter.ready() and metrics.queue_reachable(), master_gauges=arbiter.gauges,
+        collectors=queue,
     )
     try:
         health.start()
@@ -260,35 +237,6 @@ def passwd(args: argparse.Namespace) -> int:
     return 0
 
 
-async def consume(args: argparse.Namespace) -> int:
-    """Deliver queued messages until SIGTERM/SIGINT, then finish the batch and exit."""
-    from .consumer import Consumer, Handler, exec_handler, maildir_handler
-
-    if args.queue.partition("://")[0] not in REDIS_SCHEMES:
-        raise SystemExit(f"--queue {args.queue!r}: consume wants redis://HOST:PORT/DB, redis+sentinel://… "
-                         "or redis+cluster://…")
-    if args.exec is not None and not args.exec:
-        raise SystemExit("--exec: no command given")
-    handler: Handler = (
-        exec_handler(args.exec, timeout=args.exec_timeout) if args.exec
-        else maildir_handler(args.maildir, fsync=not args.no_fsync)
-    )
-    try:
-        consumer = Consumer(
-            args.queue, stream=args.stream, group=args.group, name=args.name, block_ms=args.block_ms,
-            claim_idle_ms=args.claim_idle_ms, max_deliveries=args.max_deliveries,
-        )
-    except ValueError as exc:
-        raise SystemExit(f"--queue: {exc}") from None
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, consumer.stop)
-    log.info("consuming", extra={"stream": args.stream, "group": args.group, "consumer": consumer.name})
-    await consumer.run(handler)
-    log.info("stopped")
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``smtpfront`` command."""
     args = build_parser().parse_args(argv)
@@ -297,10 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"compiled scan: {'yes' if ACCELERATED else 'no'})")
         return 0
     if args.command == "consume":
-        setup_logging(args.log_level, json=args.log_format == "json")
-        import uvloop
-
-        return int(uvloop.run(consume(args)))
+        return consume_cmd.run(args)
     if args.command == "check-config":
         return check_config(args)
     if args.command == "queue":

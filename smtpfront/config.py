@@ -44,8 +44,8 @@ from urllib.parse import urlsplit
 __all__ = [
     "Config", "ListenerConfig", "LimitsConfig", "TimeoutsConfig", "TlsConfig", "AuthConfig", "TrustConfig",
     "FeaturesConfig", "PolicyConfig", "PluginConfig", "RedisConfig", "MaildirConfig", "MetricsConfig",
-    "LoggingConfig", "SupervisorConfig", "ConfigError", "load_config", "render", "parse_address", "env_name",
-    "keys", "warnings", "auth_socket", "needs_auth",
+    "LoggingConfig", "SupervisorConfig", "ConsumerConfig", "ConfigError", "load_config", "render", "parse_address",
+    "env_name", "keys", "warnings", "auth_socket", "needs_auth",
     "ENV_ALIASES", "REDIS_SCHEMES", "QUEUE_SCHEMES", "AUTH_METHODS",
 ]
 
@@ -266,8 +266,22 @@ class SupervisorConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ConsumerConfig:
+    """``smtpfront consume`` (it reads ``queue`` and ``redis.stream`` as ``serve`` writes them)."""
+
+    group: str = _f("smtpfront", nonempty=True)  # the consumer group, created when missing
+    name: str | None = None  # this consumer in the group; unset: HOSTNAME-PID
+    workers: int = _f(16, min=1)  # deliveries in flight at once (one process)
+    max_deliveries: int = _f(5, min=1)  # then the entry goes to STREAM:dead
+    claim_idle_ms: int = _f(60000, min=1)  # entries pending this long are delivered again
+    block_ms: int = _f(5000, min=1)  # longest wait for new entries
+    exec_timeout: float = _f(60.0, gt=0)  # --exec: seconds before the command is killed (retried)
+    metrics_listen: str | None = _f(None, kind="address")  # /metrics and /healthz; unset: off
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
-    """The whole configuration of ``smtpfront serve``."""
+    """The whole configuration of ``smtpfront serve`` (and ``consume``, ``queue``)."""
 
     hostname: str = field(default_factory=lambda: socket.getfqdn() or "localhost", metadata={"nonempty": True})
     banner: str = "ESMTP smtpfront"
@@ -288,6 +302,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     plugins: tuple[PluginConfig, ...] = ()  # [[plugins]] tables, in order (file only)
+    consumer: ConsumerConfig = field(default_factory=ConsumerConfig)
 
 
 # -- keys ---------------------------------------------------------------------------------

@@ -32,6 +32,10 @@ deletes its chunk keys (one script, the keys share the stream's slot). A dead le
 them: it names them (``body_key``, ``body_chunks``), and ``smtpfront queue dead retry``
 or ``dead purge`` (or whoever handles it: ``UNLINK <body_key>:0 …``) takes them on.
 A chunk found missing fails the delivery like a handler error (retried, then dead-lettered).
+
+The handler's side (:class:`Message`, the errors, :func:`streaming`, the ready-made
+:func:`maildir_handler` and :func:`exec_handler`) lives in :mod:`smtpfront.delivery` and is
+re-exported here; an :class:`Observer` is told of each delivery's outcome (metrics).
 """
 
 from __future__ import annotations
@@ -40,25 +44,34 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
-from .core.events import Address, MailParams
-from .sink.base import Envelope
-from .sink.maildir import MaildirSink
+from .delivery import (
+    EX_TEMPFAIL,
+    BodyChunks,
+    BodyMissingError,
+    Handler,
+    Message,
+    PermanentError,
+    TemporaryError,
+    exec_handler,
+    is_streaming,
+    maildir_handler,
+    streaming,
+)
 from .sink.record import BodyRef, RecordError, decode_entry
 from .sink.redis_streams import parse_queue_url, shard_stream
 from .streamops import Client, acknowledge, close_client, dead_letter, has_xackdel, open_client, sweep
 
 __all__ = [
-    "BodyMissingError", "Consumer", "Handler", "Message", "PermanentError", "TemporaryError", "exec_handler",
-    "maildir_handler", "streaming",
+    "EX_TEMPFAIL", "BodyMissingError", "Consumer", "Handler", "Message", "Observer", "PermanentError",
+    "TemporaryError", "exec_handler", "maildir_handler", "streaming",
 ]
 
 log = logging.getLogger(__name__)
@@ -66,112 +79,43 @@ log = logging.getLogger(__name__)
 _BACKOFF_MIN = 0.1
 _BACKOFF_MAX = 5.0
 _REASON_MAX = 1000  # characters of an exception or stderr kept in a dead letter's reason
-EX_TEMPFAIL = 75  # sysexits.h: "temporary failure, try again later"
-
-class BodyMissingError(Exception):
-    """A large message's chunk keys are not (all) there: the delivery fails, the entry stays pending."""
 
 
-class _Chunks:
-    """A large body in Redis, read one chunk key per round trip."""
+class Observer(Protocol):
+    """What a :class:`Consumer` reports as it works (``smtpfront consume``'s metrics:
+    :mod:`smtpfront.consumer_metrics`). Called on the event loop; must not block."""
 
-    __slots__ = ("_client", "ref")
+    def handler_started(self) -> None:
+        """A handler call begins."""
 
-    def __init__(self, client: Client, ref: BodyRef) -> None:
-        self._client = client
-        self.ref = ref
+    def handler_finished(self, seconds: float) -> None:
+        """A handler call ended (returned or raised) after ``seconds``."""
 
-    async def read(self) -> AsyncIterator[bytes]:
-        seen = 0
-        for key in self.ref.chunk_keys():
-            chunk = await self._client.get(key)
-            if not isinstance(chunk, bytes):
-                raise BodyMissingError(f"body chunk {key.decode(errors='replace')} is missing")
-            seen += len(chunk)
-            yield chunk
-        if seen != self.ref.size:
-            raise BodyMissingError(f"body is {seen} octets, the record says {self.ref.size}")
+    def delivered(self, count: int) -> None:
+        """``count`` entries were acknowledged after their handler returned."""
 
+    def retried(self) -> None:
+        """A delivery failed and its entry stays pending, to be delivered again."""
 
-class Message:
-    """One delivered queue record.
-
-    Attributes:
-        id: the stream entry id.
-        stream: the stream it came from.
-        envelope: the record's ``envelope`` object (see :mod:`smtpfront.sink.record`).
-        body: the message with the front end's ``Received:`` header first. For a large
-            message given to a :func:`streaming` handler, reading it raises RuntimeError:
-            such a handler reads :meth:`chunks`.
-        deliveries: how many times the entry was delivered, 1 the first time.
-        size: the body's length in octets.
-    """
-
-    __slots__ = ("id", "stream", "envelope", "deliveries", "size", "_body", "_chunks")
-
-    def __init__(self, id: str, stream: str, envelope: dict[str, Any], body: bytes, deliveries: int) -> None:
-        self.id = id
-        self.stream = stream
-        self.envelope = envelope
-        self.deliveries = deliveries
-        self.size = len(body)
-        self._body: bytes | None = body
-        self._chunks: _Chunks | None = None
-
-    @classmethod
-    def _streamed(cls, id: str, stream: str, envelope: dict[str, Any], chunks: _Chunks, deliveries: int) -> Message:
-        message = cls(id, stream, envelope, b"", deliveries)
-        message.size, message._body, message._chunks = chunks.ref.size, None, chunks
-        return message
-
-    @property
-    def body(self) -> bytes:
-        if self._body is None:
-            raise RuntimeError(f"message {self.id} is large ({self.size} octets) and its handler streams it: "
-                               "read it with `async for chunk in message.chunks()`")
-        return self._body
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The body in pieces (a large one as it is read from Redis; raises BodyMissingError)."""
-        if self._chunks is None:
-            yield self.body
-            return
-        async for chunk in self._chunks.read():
-            yield chunk
-
-    def __repr__(self) -> str:
-        return f"Message(id={self.id!r}, stream={self.stream!r}, size={self.size}, deliveries={self.deliveries})"
+    def dead_lettered(self) -> None:
+        """An entry went to the dead-letter stream."""
 
 
-Handler = Callable[[Message], Awaitable[None]]
-"""Returns to acknowledge; raises to leave the entry pending (retried later)."""
+class _Unobserved:
+    def handler_started(self) -> None:
+        return None
 
+    def handler_finished(self, seconds: float) -> None:
+        return None
 
-class _Streaming:
-    """A handler that reads bodies with :meth:`Message.chunks` (see :func:`streaming`)."""
+    def delivered(self, count: int) -> None:
+        return None
 
-    __slots__ = ("handler",)
+    def retried(self) -> None:
+        return None
 
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
-
-    def __call__(self, message: Message) -> Awaitable[None]:
-        return self.handler(message)
-
-
-def streaming(handler: Handler) -> Handler:
-    """Mark ``handler`` as reading bodies with :meth:`Message.chunks` only: a large body is then
-    not loaded whole before the call (``message.body`` raises for it), so memory stays flat."""
-    return handler if isinstance(handler, _Streaming) else _Streaming(handler)
-
-
-class PermanentError(Exception):
-    """Raised by a handler for a message that retrying cannot help: dead-letter it now."""
-
-
-class TemporaryError(RuntimeError):
-    """Raised by a handler for an expected, temporary failure (the entry stays pending and is
-    retried): logged as one WARNING line, without the traceback an unexpected error gets."""
+    def dead_lettered(self) -> None:
+        return None
 
 
 @dataclass(slots=True)
@@ -195,7 +139,8 @@ class Consumer:
         stream: the stream the front end writes (sharded: the prefix of ``STREAM:{i}``).
         group: the consumer group; created when missing (on every shard stream).
         name: this consumer's name in the group; ``None`` is ``<hostname>-<pid>``.
-        batch: entries read (or claimed) per round trip; a batch is handled concurrently.
+        batch: entries read (or claimed) per round trip; a batch is handled concurrently,
+            so at most this many deliveries are in flight (``consume --workers``).
         block_ms: how long one ``XREADGROUP`` waits for new entries; :meth:`stop` takes
             at most this long plus the current batch.
         claim_idle_ms: pending entries idle this long are claimed and delivered again.
@@ -211,6 +156,7 @@ class Consumer:
             loop (one ``XREADGROUP`` cannot span hash slots). ``None`` is the URL's
             ``shards=N`` for a cluster URL (default 16), else one unsharded stream. It must
             match the producers' number of shards.
+        observer: told of each handler call and outcome (see :class:`Observer`).
     """
 
     def __init__(
@@ -227,6 +173,7 @@ class Consumer:
         dead_letter_stream: str | None = None,
         start_id: str = "0",
         shards: int | None = None,
+        observer: Observer | None = None,
     ) -> None:
         if batch < 1 or block_ms < 1 or claim_idle_ms < 1 or max_deliveries < 1:
             raise ValueError("batch, block_ms, claim_idle_ms and max_deliveries must be positive")
@@ -252,6 +199,7 @@ class Consumer:
         self.streams = [shard_stream(stream, i) for i in range(count)] if count else [stream]
         self._streams = [_Stream(s, dead_letter_stream or f"{s}:dead") for s in self.streams]
         self.dead_letter_streams = sorted({s.dead for s in self._streams})
+        self._observer: Observer = observer if observer is not None else _Unobserved()
         self._stop = asyncio.Event()
         self._redis: Client | None = None
         self._sentinel: Sentinel | None = None
@@ -380,7 +328,8 @@ class Consumer:
             client = self._client()
             if self._xackdel is None:
                 self._xackdel = await has_xackdel(client, stream.name, self.group)
-            await acknowledge(client, stream.name, self.group, done, xackdel=self._xackdel)
+            acknowledged, _ = await acknowledge(client, stream.name, self.group, done, xackdel=self._xackdel)
+            self._observer.delivered(acknowledged)
         for result in results:
             if isinstance(result, BaseException):
                 raise result  # a Redis error while dead-lettering: the loop backs off
@@ -406,20 +355,27 @@ class Consumer:
         try:
             if not isinstance(body, BodyRef):
                 message = Message(ident, stream.name, envelope, body, deliveries)
-            elif isinstance(handler, _Streaming):
-                message = Message._streamed(ident, stream.name, envelope, _Chunks(self._client(), body), deliveries)
+            elif is_streaming(handler):
+                message = Message._streamed(ident, stream.name, envelope, BodyChunks(self._client(), body), deliveries)
             else:  # a Redis error here is the loop's business (back off), not this delivery's
-                whole = [chunk async for chunk in _Chunks(self._client(), body).read()]
+                whole = [chunk async for chunk in BodyChunks(self._client(), body).read()]
                 message = Message(ident, stream.name, envelope, b"".join(whole), deliveries)
                 del whole
         except BodyMissingError as exc:
             await self._failed(stream, entry_id, fields, body, deliveries, exc)
             return None
+        self._observer.handler_started()
+        started = time.monotonic()
         try:
             await handler(message)
         except Exception as exc:
+            self._observer.handler_finished(time.monotonic() - started)
             await self._failed(stream, entry_id, fields, body, deliveries, exc)
             return None
+        except BaseException:
+            self._observer.handler_finished(time.monotonic() - started)
+            raise
+        self._observer.handler_finished(time.monotonic() - started)
         return entry_id, body if isinstance(body, BodyRef) else None
 
     async def _failed(
@@ -438,6 +394,8 @@ class Consumer:
         )
         if final:
             await self._dead_letter(stream, entry_id, fields, body, deliveries, reason)
+        else:
+            self._observer.retried()
 
     async def _dead_letter(
         self, stream: _Stream, entry_id: bytes, fields: dict[bytes, bytes], body: bytes | BodyRef | None,
@@ -447,114 +405,6 @@ class Consumer:
         # its removal; see smtpfront.streamops for who owns the chunk keys afterwards.
         letter: dict[bytes, bytes] = {**fields, b"origin_id": entry_id, b"reason": reason.encode(),
                                       b"deliveries": str(deliveries).encode()}
-        await dead_letter(self._client(), stream.name, stream.dead, self.group, entry_id, letter,
-                          body if isinstance(body, BodyRef) else None)
-
-
-def _address(text: str) -> Address:
-    local, at, domain = text.rpartition("@")
-    return Address(local, domain) if at else Address(text, "")
-
-
-def maildir_handler(directory: str, *, fsync: bool = True) -> Handler:
-    """A handler delivering each body into a Maildir (``tmp/`` → fsync → ``new/``).
-
-    The file holds ``Return-Path:`` (from the envelope's sender) and then the body as
-    queued, ``Received:`` header included. A :class:`~smtpfront.sink.base.SinkError`
-    (disk full, say) leaves the entry pending.
-    """
-    sink = MaildirSink(directory, fsync=fsync)
-
-    @streaming
-    async def deliver(message: Message) -> None:
-        env = message.envelope
-        params = env.get("mail_params") or {}
-        envelope = Envelope(
-            id=str(env.get("id") or message.id), mail_from=_address(str(env.get("mail_from") or "")),
-            mail_params=MailParams(smtputf8=bool(params.get("smtputf8"))), recipients=[],
-            received_at=float(env.get("received_at") or 0.0),
-        )
-        writer = sink.open(envelope)
-        try:
-            async for chunk in message.chunks():
-                writer.write(memoryview(chunk))
-            await writer.commit()
-        except BaseException:
-            await writer.abort()
-            raise
-
-    return deliver
-
-
-async def _feed(stdin: asyncio.StreamWriter, message: Message) -> None:
-    # The command need not read it all: a broken pipe is a ConnectionError under asyncio,
-    # a RuntimeError ("handler is closed") under uvloop; its exit status decides. A body
-    # that cannot be read raises with stdin still open: the command is killed, not fed a
-    # truncated message that it might take for a whole one.
-    async for chunk in message.chunks():
-        try:
-            stdin.write(chunk)
-            await stdin.drain()
-        except (ConnectionError, RuntimeError):
-            break
-    stdin.close()
-
-
-async def _drain(stream: asyncio.StreamReader, keep: int) -> bytes:
-    kept = bytearray()
-    while chunk := await stream.read(65536):
-        kept += chunk[: max(keep - len(kept), 0)]
-    return bytes(kept)
-
-
-def exec_handler(command: Sequence[str], *, timeout: float = 60, tempfail: Collection[int] = (EX_TEMPFAIL,)) -> Handler:
-    """A handler piping each body into a command (no shell), like Postfix ``pipe(8)``.
-
-    The command gets the body on stdin and ``SMTPFRONT_SENDER``, ``SMTPFRONT_RECIPIENTS``
-    (comma-separated) and ``SMTPFRONT_QUEUE_ID`` in its environment; its stdout is
-    discarded, the start of its stderr goes into the error.
-
-    Exit 0 acknowledges. An exit status in ``tempfail`` (EX_TEMPFAIL, 75), death by a
-    signal, or running past ``timeout`` seconds (its process group is then killed) raises
-    :class:`TemporaryError`: the entry stays pending and is retried. Any other status raises
-    :class:`PermanentError`: the entry is dead-lettered at once.
-    """
-    argv = list(command)
-    if not argv:
-        raise ValueError("exec_handler needs a command")
-
-    @streaming
-    async def deliver(message: Message) -> None:
-        env = message.envelope
-        rcpts = ",".join(str(r.get("address", "")) for r in env.get("rcpt_to") or ())
-        environ = {
-            **os.environ, "SMTPFRONT_SENDER": str(env.get("mail_from") or ""), "SMTPFRONT_RECIPIENTS": rcpts,
-            "SMTPFRONT_QUEUE_ID": str(env.get("id") or ""),
-        }
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE, env=environ, start_new_session=True,
-        )
-        assert proc.stdin is not None and proc.stderr is not None
-        try:
-            async with asyncio.timeout(timeout):
-                _, stderr, status = await asyncio.gather(_feed(proc.stdin, message), _drain(proc.stderr, 500),
-                                                         proc.wait())
-        except BaseException as exc:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), 5)
-            if isinstance(exc, TimeoutError):
-                raise TemporaryError(f"{argv[0]}: timed out after {timeout}s") from None
-            raise
-        if status == 0:
-            return
-        said = stderr.decode("utf-8", "replace").strip()
-        what = f"{argv[0]}: " + (f"killed by signal {-status}" if status < 0 else f"exit status {status}")
-        what += f": {said}" if said else ""
-        if status < 0 or status in tempfail:
-            raise TemporaryError(what)
-        raise PermanentError(what)
-
-    return deliver
+        if await dead_letter(self._client(), stream.name, stream.dead, self.group, entry_id, letter,
+                             body if isinstance(body, BodyRef) else None) is not None:
+            self._observer.dead_lettered()

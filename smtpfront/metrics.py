@@ -21,7 +21,7 @@ import socketserver
 import sys
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -227,11 +227,16 @@ class HealthServer:
     """``/metrics``, ``/healthz`` and ``/readyz`` over HTTP, served by a daemon thread of the master."""
 
     def __init__(self, host: str, port: int, ready: Callable[[], bool],
-                 master_gauges: Callable[[], dict[str, float]] | None = None) -> None:
+                 master_gauges: Callable[[], dict[str, float]] | None = None, *,
+                 collectors: Sequence[Any] = (), registry: CollectorRegistry | None = None) -> None:
+        """``collectors`` join the multiprocess registry (the queue's, read at scrape time);
+        ``registry`` replaces it (a one-process program: ``smtpfront consume``)."""
         self.host = host
         self._port = port
         self._ready = ready
         self._master_gauges = master_gauges
+        self._collectors = collectors
+        self._registry = registry
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -240,12 +245,16 @@ class HealthServer:
         from prometheus_client import CollectorRegistry
         from prometheus_client.multiprocess import MultiProcessCollector
 
-        if not os.environ.get(ENV):
-            raise RuntimeError("smtpfront.metrics.prepare() must be called before HealthServer.start()")
-        registry = CollectorRegistry(auto_describe=False)
-        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        registry = self._registry
+        if registry is None:
+            if not os.environ.get(ENV):
+                raise RuntimeError("smtpfront.metrics.prepare() must be called before HealthServer.start()")
+            registry = CollectorRegistry(auto_describe=False)
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         if self._master_gauges is not None:
             registry.register(_MasterCollector(self._master_gauges))
+        for collector in self._collectors:
+            registry.register(collector)
         server_class = _Server6 if ":" in self.host else _Server
         try:
             server = server_class((self.host, self._port), _Handler)

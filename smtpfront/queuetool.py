@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import os
 import re
 import sys
@@ -36,10 +37,10 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from .config import REDIS_SCHEMES, ConfigError, load_config
 from .sink.record import BodyRef, RecordError, decode_entry
-from .sink.redis_streams import parse_queue_url, shard_stream
+from .sink.redis_streams import QueueURL, parse_queue_url, shard_stream
 from .streamops import Client, close_client, open_client
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "read_stats", "run"]
 
 _ID = re.compile(r"^(?:(\d+)/)?(\d+-\d+)$")
 _DEAD_ONLY = (b"origin_id", b"reason", b"deliveries")
@@ -150,8 +151,7 @@ def run(args: argparse.Namespace) -> int:
         queue_url = parse_queue_url(config.queue)
     except ValueError as exc:
         return _fail(f"--queue: {exc}", 2)
-    streams = ([shard_stream(config.redis.stream, i) for i in range(queue_url.shards)] if queue_url.shards
-               else [config.redis.stream])
+    streams = _streams(config.redis.stream, queue_url)
     try:
         result = asyncio.run(_main(args, config.queue, queue_url, streams))
     except UsageError as exc:
@@ -163,6 +163,23 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(result)
     return 0
+
+
+def _streams(stream: str, queue_url: QueueURL) -> list[str]:
+    return [shard_stream(stream, i) for i in range(queue_url.shards)] if queue_url.shards else [stream]
+
+
+async def read_stats(url: str, stream: str, timeout: float) -> dict[str, Any]:
+    """What ``queue stats --json`` prints, read within ``timeout`` seconds (TimeoutError past
+    it; RedisError, OSError): the master's scrape-time queue metrics (:mod:`smtpfront.queue_metrics`)."""
+    queue_url = parse_queue_url(url)
+    client, sentinel = open_client(url, queue_url, timeout)
+    try:
+        return await asyncio.wait_for(_stats(_Queue(client, _streams(stream, queue_url), bool(queue_url.shards))),
+                                      timeout)
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(close_client(client, sentinel), 1)
 
 
 def _fail(message: str, status: int) -> int:

@@ -177,6 +177,10 @@ def test_compose_wires_the_services(compose: dict[str, Any], tmp_path: Path) -> 
     consume = build_parser().parse_args(services["consumer"]["command"])
     assert consume.command == "consume" and consume.queue == effective["queue"] and consume.maildir
     assert urlhost(effective["queue"]) == "redis"
+    # ... and serves its metrics where the shipped scrape job looks for them.
+    scrape = yaml.safe_load((DEPLOY / "prometheus" / "scrape.yml").read_text())
+    [job] = [job for job in scrape["scrape_configs"] if job["job_name"] == "smtpfront-consumer"]
+    assert job["static_configs"][0]["targets"] == [f"consumer:{config.parse_address(consume.metrics_listen)[1]}"]
 
 
 def urlhost(url: str) -> str:

@@ -1,7 +1,8 @@
 """deploy/grafana/smtpfront.json and deploy/prometheus/rules.yml name only metrics smtpfront exports.
 
 The exported names come from the code: a subprocess builds ``smtpfront.metrics.Metrics()``
-after ``prepare()`` and lists each metric's exposition names, plus the master's gauges.
+after ``prepare()`` and the consumer's ``ConsumerMetrics`` and lists each metric's exposition
+names, plus the master's gauges and the queue's (``queue_metrics.QUEUE_GAUGES``).
 """
 
 from __future__ import annotations
@@ -24,11 +25,14 @@ NAME = re.compile(r"\bsmtpfront_[a-z0-9_]+")
 
 EXPORTED = """
 import json, shutil
+from prometheus_client import CollectorRegistry
 from smtpfront import metrics
+from smtpfront.consumer_metrics import ConsumerMetrics
+from smtpfront.queue_metrics import QUEUE_GAUGES
 directory = metrics.prepare()
 suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
-names = ["smtpfront_" + name for name in metrics.MASTER_GAUGES]
-for metric in vars(metrics.Metrics()).values():
+names = ["smtpfront_" + name for name in [*metrics.MASTER_GAUGES, *QUEUE_GAUGES]]
+for metric in [*vars(metrics.Metrics()).values(), *vars(ConsumerMetrics(CollectorRegistry(), 1)).values()]:
     for family in metric.describe():
         names += [family.name + suffix for suffix in suffixes[family.type]]
 shutil.rmtree(directory)
@@ -44,7 +48,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
     names = set(json.loads(done.stdout))
     # A sanity check of the derivation itself, on names the README documents.
     assert {"smtpfront_messages_total", "smtpfront_dot_to_reply_seconds_bucket", "smtpfront_queue_up",
-            "smtpfront_workers_ready"} <= names
+            "smtpfront_workers_ready", "smtpfront_queue_oldest_seconds",
+            "smtpfront_consumer_delivered_total", "smtpfront_consumer_handler_seconds_bucket"} <= names
     return names
 
 
@@ -57,7 +62,7 @@ def test_the_dashboard_is_valid_json_with_the_expected_sections() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     assert dashboard["uid"] == "smtpfront" and dashboard["schemaVersion"] >= 30
     rows = [panel["title"] for panel in dashboard["panels"] if panel["type"] == "row"]
-    assert rows == ["Overview", "Throughput", "Replies", "Latency", "Queue", "Connections", "Workers"]
+    assert rows == ["Overview", "Throughput", "Replies", "Latency", "Queue", "Connections", "Workers", "Consumers"]
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))
     variables = {v["name"] for v in dashboard["templating"]["list"]}
@@ -71,7 +76,9 @@ def test_the_dashboard_names_only_exported_metrics(exported: set[str]) -> None:
     assert used <= exported, f"not exported: {sorted(used - exported)}"
     families = {re.sub(r"_(bucket|sum|count)$", "", name) for name in used}
     for family in ("smtpfront_messages_total", "smtpfront_replies_total", "smtpfront_dot_to_reply_seconds",
-                   "smtpfront_queue_backlog", "smtpfront_connections_active", "smtpfront_workers_ready"):
+                   "smtpfront_queue_backlog", "smtpfront_connections_active", "smtpfront_workers_ready",
+                   "smtpfront_queue_length", "smtpfront_queue_oldest_seconds", "smtpfront_queue_dead_letters",
+                   "smtpfront_consumer_delivered_total", "smtpfront_consumer_inflight"):
         assert family in families  # throughput, reply codes, latency, queue, connections, workers
 
 
@@ -84,7 +91,8 @@ def test_the_rules_name_only_exported_metrics(exported: set[str]) -> None:
 
 def test_every_dashboard_query_parses_as_promql(tmp_path: Path) -> None:
     """Each query, with the dashboard's variables filled in, as a recording rule for promtool."""
-    fill = {"$__rate_interval": "5m", "$job": ".*", "$instance": ".*"}
+    fill = {"$__rate_interval": "5m", "$consumer_job": ".*", "$consumer_instance": ".*", "$job": ".*",
+            "$instance": ".*"}
     rules = []
     for i, query in enumerate(dashboard_queries()):
         for variable, value in fill.items():
