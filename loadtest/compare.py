@@ -77,6 +77,7 @@ class Result:
     peak_rss_mb: float = 0.0
     note: str = ""
     runs: list[float] = field(default_factory=list)
+    cpu_us_per_msg: float | None = None  # the serving process's CPU per message, in the best run
 
 
 # -- pure parts (unit-tested) ---------------------------------------------------------------
@@ -120,16 +121,18 @@ def _num(value: float | None, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
-def build_table(results: Sequence[Result], reference: str = REFERENCE) -> str:
-    """One Markdown table: a row per case and server, with the reference's msgs/s ÷ the row's."""
+def build_table(results: Sequence[Result], reference: str = REFERENCE, versus: str = "nodemailer") -> str:
+    """One Markdown table: a row per case and server, with the row's msgs/s ÷ ``versus``'s (the
+    targets are stated against nodemailer) and the reference's msgs/s ÷ the row's."""
     best = {(r.case, r.server): r.msgs_per_s for r in results}
-    lines = [f"| case (size, sessions, msgs/session) | server | msgs/s | MB/s | p99 ms | peak RSS MB "
-             f"| {reference} ÷ server |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = [f"| case (size, sessions, msgs/session) | server | msgs/s | MB/s | server CPU µs/msg | p99 ms "
+             f"| peak RSS MB | server ÷ {versus} | {reference} ÷ server |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         note = f" ({r.note})" if r.note else ""
         lines.append(f"| {r.case.label} | {r.server}{note} | {_num(r.msgs_per_s)} | {_num(r.mb_per_s, 1)} "
-                     f"| {_num(r.p99_ms, 2)} | {_num(r.peak_rss_mb, 1)} "
+                     f"| {_num(r.cpu_us_per_msg)} | {_num(r.p99_ms, 2)} | {_num(r.peak_rss_mb, 1)} "
+                     f"| {ratio(r.msgs_per_s, best.get((r.case, versus)))} "
                      f"| {ratio(best.get((r.case, reference)), r.msgs_per_s)} |")
     return "\n".join(lines)
 
@@ -405,8 +408,19 @@ def server(name: str, workdir: Path) -> Iterator[Running]:
 # -- measurements -------------------------------------------------------------------------------
 
 
-def smtp_source_rate(case: Case, port: int, seconds: float, workdir: Path) -> float:
-    """msgs/s of smtp-source against ``port``, counted from after a warm-up to the end."""
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of ``pid`` in clock ticks (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0
+    return int(fields[11]) + int(fields[12])
+
+
+def smtp_source_rate(case: Case, port: int, seconds: float, workdir: Path,
+                     pid: int | None = None) -> tuple[float, float | None]:
+    """msgs/s of smtp-source against ``port``, counted from after a warm-up to the end, and the
+    CPU ``pid`` (the serving process) spent per message over the same window, in µs."""
     out = workdir / "smtp-source.out"
     with out.open("wb") as sink:
         argv = smtp_source_argv(case, port)
@@ -416,11 +430,15 @@ def smtp_source_rate(case: Case, port: int, seconds: float, workdir: Path) -> fl
             warmup = min(1.0, seconds / 4)
             time.sleep(warmup)
             first = (time.monotonic(), parse_counter(out.read_bytes()))
+            ticks = cpu_ticks(pid) if pid is not None else 0
             time.sleep(seconds)
             last = (time.monotonic(), parse_counter(out.read_bytes()))
+            ticks = cpu_ticks(pid) - ticks if pid is not None else 0
         finally:
             stop(process)
-    return rate(first, last)
+    messages = last[1] - first[1]
+    cpu = ticks / os.sysconf("SC_CLK_TCK") * 1e6 / messages if pid is not None and messages > 0 else None
+    return rate(first, last), cpu
 
 
 def loadgen(port: int, *args: str, timeout: float = 120) -> dict[str, object]:
@@ -440,7 +458,10 @@ def measure(case: Case, name: str, seconds: float, runs: int, workdir: Path) -> 
     try:
         with server(name, workdir) as running, RssSampler(running.serving_pid) as rss:
             for _ in range(runs):
-                result.runs.append(round(smtp_source_rate(case, running.port, seconds, workdir), 1))
+                msgs, cpu = smtp_source_rate(case, running.port, seconds, workdir, running.serving_pid)
+                if msgs > max(result.runs, default=0.0):
+                    result.cpu_us_per_msg = cpu
+                result.runs.append(round(msgs, 1))
             mode = [] if case.kept else ["--per-connection"]
             report = loadgen(running.port, "--sessions", str(case.sessions), "--size", str(case.size),
                              "--seconds", str(max(1.0, seconds / 2)), *mode)

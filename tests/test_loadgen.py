@@ -291,9 +291,9 @@ def test_table_has_a_row_per_case_and_server_with_ratios_to_smtpfront() -> None:
         compare.Result(once, "aiosmtpd", 0.0, 0.0, None, 0.0, note="failed: no greeting"),
     ]
     table = compare.build_table(results).splitlines()
-    assert table[0].startswith("| case") and "smtpfront-null ÷ server" in table[0]
+    assert table[0].startswith("| case") and "smtpfront-null ÷ server" in table[0] and "÷ nodemailer" in table[0]
     assert table[1].count("|") == table[0].count("|") and len(table) == 2 + len(results)
-    assert table[2] == "| 1 KB, 10, many | smtpfront-null | 20,000 | 20.5 | 1.23 | 41.0 | 1.00x |"
-    assert table[3] == "| 1 KB, 10, many | nodemailer | 10,000 | 10.2 | - | 60.5 | 2.00x |"
+    assert table[2] == "| 1 KB, 10, many | smtpfront-null | 20,000 | 20.5 | - | 1.23 | 41.0 | 2.00x | 1.00x |"
+    assert table[3] == "| 1 KB, 10, many | nodemailer | 10,000 | 10.2 | - | - | 60.5 | 1.00x | 2.00x |"
     assert table[4].startswith("| 100 KB, 100, one per conn | smtpfront-null | 3,000 | 307.2 |")
-    assert table[5].endswith("| aiosmtpd (failed: no greeting) | 0 | 0.0 | - | 0.0 | - |")
+    assert table[5].endswith("| aiosmtpd (failed: no greeting) | 0 | 0.0 | - | - | 0.0 | - | - |")
