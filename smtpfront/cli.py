@@ -117,6 +117,12 @@ def serve(args: argparse.Namespace) -> int:
         build_sink(config)  # a queue this worker cannot serve fails here, before any fork
     except (SinkError, ValueError) as exc:
         raise SystemExit(f"smtpfront: --queue: {exc}") from None
+    for warning in config_warnings(config):  # before anything that may refuse to start
+        log.warning(warning)
+    try:
+        check_plugins(config)  # every plugin imports and builds (the credentials file is read)
+    except ConfigError as exc:
+        raise SystemExit(f"smtpfront: configuration: {exc}") from None
     instance = InstanceLock()  # held until the master exits; its workers inherit it
     try:
         for listener in config.listeners:
@@ -124,12 +130,6 @@ def serve(args: argparse.Namespace) -> int:
     except InstanceError as exc:
         instance.release()
         raise SystemExit(f"smtpfront: {exc}") from None
-    try:
-        check_plugins(config)  # every plugin imports and builds (the credentials file is read)
-    except ConfigError as exc:
-        raise SystemExit(f"smtpfront: configuration: {exc}") from None
-    for warning in config_warnings(config):
-        log.warning(warning)
     if not core.compiled():
         log.warning("the protocol core is not compiled (installed without a C compiler, or with "
                     "SMTPFRONT_PURE_PYTHON=1): it runs interpreted, about half as fast")
