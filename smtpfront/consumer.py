@@ -66,7 +66,7 @@ from .delivery import (
     streaming,
 )
 from .sink.record import BodyRef, RecordError, decode_entry
-from .sink.redis_streams import parse_queue_url, shard_stream
+from .sink.redis_url import parse_queue_url, shard_stream
 from .streamops import Client, acknowledge, close_client, dead_letter, has_xackdel, open_client, sweep
 
 __all__ = [

@@ -17,7 +17,7 @@ memory; how it survives a Redis crash is Redis's ``appendonly``/``appendfsync`` 
 when fewer replicas confirm (the entries may then exist twice after the client's retry:
 delivery is at-least-once).
 
-Where the queue lives (the URL decides, see :func:`parse_queue_url`):
+Where the queue lives (the URL decides, see :func:`smtpfront.sink.redis_url.parse_queue_url`):
 
 ``redis://[USER:PASSWORD@]HOST:PORT/DB`` (``rediss://`` for TLS, ``unix://PATH``)
     One server: one connection, one stream, the path described above.
@@ -69,7 +69,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal, Protocol
-from urllib.parse import parse_qsl, unquote
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -88,17 +87,11 @@ from .base import Envelope, SinkError
 from .record import envelope_fields
 from .redis_lane import Lane
 from .redis_large import UPLOAD_TTL, Upload
+from .redis_url import MAX_SHARDS, QueueURL, check_stream_name, parse_queue_url, shard_stream
 
-__all__ = [
-    "DEFAULT_SHARDS", "QueueURL", "RedisStreamSink", "RedisStreamWriter", "parse_queue_url", "shard_stream",
-]
+__all__ = ["RedisStreamSink", "RedisStreamWriter"]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_SHARDS = 16
-"""Shard streams of a ``redis+cluster://`` queue whose URL names no ``shards=N``."""
-
-_MAX_SHARDS = 16384  # one per hash slot is the most that can spread
 
 # Idempotent enqueue (DESIGN "Nothing lost", issue 4): one atomic step. If the key of this
 # message was seen within the window, return the entry id stored under it (the client that
@@ -117,105 +110,6 @@ redis.call('SET', KEYS[1], id, 'EX', ARGV[1])
 return id
 """
 
-
-
-# -- URLs -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class QueueURL:
-    """A parsed Redis queue URL.
-
-    ``kind`` ``"redis"`` (``redis://``, ``rediss://``, ``unix://``): ``url`` goes to redis-py
-    as it is and no other field is set. ``"sentinel"``: ``nodes`` are the sentinels,
-    ``service`` and ``db`` name the master's database. ``"cluster"``: ``nodes`` seed the
-    slot map discovery, ``shards`` is the number of shard streams.
-    """
-
-    kind: Literal["redis", "sentinel", "cluster"]
-    url: str
-    nodes: tuple[tuple[str, int], ...] = ()
-    username: str | None = None
-    password: str | None = None
-    ssl: bool = False
-    service: str = ""
-    db: int = 0
-    shards: int = 0
-
-
-_SCHEMES: dict[str, tuple[Literal["redis", "sentinel", "cluster"], bool]] = {
-    "redis": ("redis", False), "rediss": ("redis", True), "unix": ("redis", False),
-    "redis+sentinel": ("sentinel", False), "rediss+sentinel": ("sentinel", True),
-    "redis+cluster": ("cluster", False), "rediss+cluster": ("cluster", True),
-}
-
-
-def parse_queue_url(url: str) -> QueueURL:
-    """Parse a queue URL (see the module docstring); ValueError says what is wrong with it."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() not in _SCHEMES:
-        raise ValueError(f"{url!r} is not a Redis URL: use redis://HOST:PORT/DB, rediss://…, unix://PATH, "
-                         "redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE[/DB] or "
-                         "redis+cluster://HOST:PORT[,HOST:PORT...]/?shards=N")
-    kind, ssl = _SCHEMES[scheme.lower()]
-    rest, _, query = rest.partition("?")
-    params = dict(parse_qsl(query, keep_blank_values=True))
-    if kind == "redis":
-        if "shards" in params:
-            raise ValueError(f"{url!r}: shards=N needs a redis+cluster:// URL")
-        return QueueURL("redis", url)
-    netloc, _, path = rest.partition("/")
-    userinfo, at, hosts = netloc.rpartition("@")
-    username = password = None
-    if at:
-        user, colon, secret = userinfo.partition(":")
-        username = unquote(user) or None
-        password = unquote(secret) if colon else None
-    default_port = 26379 if kind == "sentinel" else 6379
-    nodes = tuple(_host_port(host, default_port, url) for host in hosts.split(","))
-    service, db, shards = "", 0, 0
-    if kind == "cluster":
-        if path.strip("/") not in ("", "0"):
-            raise ValueError(f"{url!r}: Redis Cluster has database 0 only")
-        text = params.pop("shards", str(DEFAULT_SHARDS))
-        if not text.isdigit() or not 0 < int(text) <= _MAX_SHARDS:
-            raise ValueError(f"{url!r}: shards wants a number from 1 to {_MAX_SHARDS}")
-        shards = int(text)
-    else:
-        name, _, db_text = path.partition("/")
-        service, db_text = unquote(name), db_text.strip("/") or "0"
-        if not service:
-            raise ValueError(f"{url!r}: name the master: redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE[/DB]")
-        if not db_text.isdigit():
-            raise ValueError(f"{url!r}: the database is a number, got {db_text!r}")
-        db = int(db_text)
-    if params:
-        raise ValueError(f"{url!r}: unknown parameter {', '.join(sorted(params))}"
-                         + (" (a cluster URL takes shards=N)" if kind == "cluster" else ""))
-    return QueueURL(kind, url, nodes, username, password, ssl, service, db, shards)
-
-
-def _host_port(text: str, default: int, url: str) -> tuple[str, int]:
-    if text.startswith("["):  # [v6]:port
-        host, _, port = text[1:].partition("]")
-        port = port.removeprefix(":")
-    elif ":" in text:
-        host, _, port = text.rpartition(":")
-    else:
-        host, port = text, ""
-    if not host or not (port or str(default)).isdigit() or not 0 < int(port or default) < 65536:
-        raise ValueError(f"{url!r}: {text!r} is not HOST:PORT")
-    return host, int(port or default)
-
-
-def shard_stream(stream: str, shard: int) -> str:
-    """Shard ``shard``'s stream in a cluster: ``STREAM:{SHARD}``, the shard number a hash tag."""
-    return f"{stream}:{{{shard}}}"
-
-
-def _check_stream_name(stream: str) -> None:
-    if "{" in stream or "}" in stream:
-        raise ValueError(f"stream {stream!r}: a sharded stream name must not contain braces (hash tags)")
 
 
 # -- the writer -------------------------------------------------------------------------------
@@ -502,9 +396,9 @@ class _Cluster:
     """Redis Cluster: shard streams, one lane per master node, the slot map from RedisCluster."""
 
     def __init__(self, sink: RedisStreamSink, queue: QueueURL, shards: int, timeout: float) -> None:
-        if not 0 < shards <= _MAX_SHARDS:
-            raise ValueError(f"shards wants a number from 1 to {_MAX_SHARDS}, got {shards}")
-        _check_stream_name(sink.stream)
+        if not 0 < shards <= MAX_SHARDS:
+            raise ValueError(f"shards wants a number from 1 to {MAX_SHARDS}, got {shards}")
+        check_stream_name(sink.stream)
         self._sink = sink
         self._timeout = timeout
         self.count = shards

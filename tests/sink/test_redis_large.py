@@ -27,7 +27,8 @@ from smtpfront.consumer import Consumer, Handler, Message, exec_handler, maildir
 from smtpfront.sink.base import SinkError
 from smtpfront.sink.record import FORMAT_VERSION, LARGE_VERSION, BodyRef, chunk_keys, decode_entry
 from smtpfront.sink.redis_large import CHUNK_SIZE, WINDOW
-from smtpfront.sink.redis_streams import RedisStreamSink, shard_stream
+from smtpfront.sink.redis_streams import RedisStreamSink
+from smtpfront.sink.redis_url import shard_stream
 
 from ..conftest import RedisClusterNodes, RedisServer
 from .test_redis_faults import smtp_server
