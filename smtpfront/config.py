@@ -18,6 +18,10 @@ listeners at those addresses and default settings; then ``listeners.FIELD`` sets
 every listener (``--max-clients`` → ``listeners.max_clients``, ``--lmtp`` →
 ``listeners.mode = "lmtp"``, ``--no-tls`` → ``listeners.tls = "none"``).
 
+Plugins are an array of tables too (``[[plugins]]``: ``use`` and ``options``), from the file
+only; what they name is imported and built by ``smtpfront.assembly`` (this module imports no
+plugin). ``[auth] backend`` and ``[policy] domains`` imply built-in plugins before them.
+
 Rule: stdlib only, and no other smtpfront module is imported (ARCHITECTURE.md "Layers"). Values
 that mirror other modules (SASL mechanisms, defaults) are repeated here; tests keep them equal.
 """
