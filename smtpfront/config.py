@@ -18,6 +18,10 @@ listeners at those addresses and default settings; then ``listeners.FIELD`` sets
 every listener (``--max-clients`` → ``listeners.max_clients``, ``--lmtp`` →
 ``listeners.mode = "lmtp"``, ``--no-tls`` → ``listeners.tls = "none"``).
 
+Plugins are an array of tables too (``[[plugins]]``: ``use`` and ``options``), from the file
+only; what they name is imported and built by ``smtpfront.assembly`` (this module imports no
+plugin). ``[auth] backend`` and ``[policy] domains`` imply built-in plugins before them.
+
 Rule: stdlib only, and no other smtpfront module is imported (ARCHITECTURE.md "Layers"). Values
 that mirror other modules (SASL mechanisms, defaults) are repeated here; tests keep them equal.
 """
@@ -680,7 +684,8 @@ def _open(c: Config, listener: ListenerConfig) -> bool:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = host == "localhost"
-    return not loopback and listener.mode != "lmtp" and not needs_auth(c, listener) and not c.policy.domains
+    relay_policy = bool(c.policy.domains) or any(p.use == "relay-policy" for p in c.plugins)
+    return not loopback and listener.mode != "lmtp" and not needs_auth(c, listener) and not relay_policy
 
 
 def warnings(c: Config) -> list[str]:
@@ -690,6 +695,9 @@ def warnings(c: Config) -> list[str]:
         if _open(c, listener):
             out.append(f"listeners[{i}]: {listener.address} takes mail for any recipient from anyone (an open "
                        f"relay): set policy.domains (and policy.relay_networks) or auth_required")
+    for key, backend in (("file", "file"), ("socket", "dovecot")):
+        if getattr(c.auth, key) is not None and c.auth.backend != backend:
+            out.append(f'auth.{key} is set but not used: auth.backend is "{c.auth.backend}", not "{backend}"')
     if c.auth.backend == "file" and "XOAUTH2" in c.auth.methods:
         out.append('auth.methods: XOAUTH2 is not checked by the file backend; only a [[plugins]] hook can accept it')
     for key in ("xclient", "xforward"):

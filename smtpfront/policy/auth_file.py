@@ -6,8 +6,9 @@ at its start, so a SIGHUP (a new generation of workers) reads it again; ``check-
 
 Which mechanism works for which line: PLAIN and LOGIN for every scheme; SCRAM-SHA-256 for
 ``{SCRAM-SHA-256}`` and ``{PLAIN}`` lines; CRAM-MD5 only for ``{PLAIN}`` lines (its HMAC is
-keyed by the password itself). Password hashes are checked in a thread (argon2id and bcrypt
-take tens of milliseconds on purpose), never on the event loop. A user who is not in the file
+keyed by the password itself). Password hashes are checked in the plugin's own threads
+(argon2id and bcrypt take tens of milliseconds and argon2id 64 MiB on purpose), never on the
+event loop; at most ``threads`` checks run at once per worker, the others wait their turn. A user who is not in the file
 costs the same check against another line, so timing does not tell who exists. An
 authorization identity (PLAIN's authzid, SCRAM's a=) other than the user itself is refused.
 """
@@ -17,6 +18,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from ..core.events import SaslCredentials
 from ..core.sasl import ScramSecret, scram_secret_from_password, verify_cram_md5
@@ -25,16 +29,27 @@ from .passwords import Entry, load
 
 __all__ = ["FileAuth"]
 
+_T = TypeVar("_T")
+
 
 class FileAuth(Hooks):
     """Check AUTH against ``file``'s ``user:{SCHEME}secret`` lines."""
 
     name = "auth-file"
 
-    def __init__(self, file: str) -> None:
+    def __init__(self, file: str, threads: int = 2) -> None:
+        if threads < 1:
+            raise ValueError("threads: expected an integer >= 1")
         self.path = file
         self.users: dict[str, Entry] = load(file)
         self._key = hashlib.sha256(repr(sorted(self.users.items())).encode()).digest()
+        self._threads = threads
+        self._executor: ThreadPoolExecutor | None = None  # made on first use: never in the master, before a fork
+
+    async def _off_loop(self, work: Callable[[], _T]) -> _T:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="auth-file")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
 
     async def on_auth(self, session: Session, credentials: SaslCredentials) -> bool | None:
         entry = self.users.get(credentials.username)
@@ -52,9 +67,9 @@ class FileAuth(Hooks):
         if entry is None:
             if self.users:  # the same work as for a real user, whose answer is thrown away
                 stand_in = next(iter(self.users.values()))
-                await asyncio.get_running_loop().run_in_executor(None, stand_in.verify, password + "\x00")
+                await self._off_loop(lambda: stand_in.verify(password + "\x00"))
             return None
-        return await asyncio.get_running_loop().run_in_executor(None, entry.verify, password)
+        return await self._off_loop(lambda: entry.verify(password))
 
     async def scram_secret(self, session: Session, username: str) -> ScramSecret | None:
         entry = self.users.get(username)
@@ -63,6 +78,5 @@ class FileAuth(Hooks):
         if entry.clear is not None:  # derived with a salt stable per user, as a stored one would be
             salt = hmac.digest(self._key, username.encode("utf-8"), "sha256")[:16]
             clear = entry.clear
-            return await asyncio.get_running_loop().run_in_executor(
-                None, lambda: scram_secret_from_password(clear, salt))
+            return await self._off_loop(lambda: scram_secret_from_password(clear, salt))
         return entry.scram()

@@ -6,6 +6,10 @@ built-ins ``auth-file``, ``auth-dovecot`` and ``relay-policy`` are registered th
 here too, so a checkout that was not reinstalled still finds them). ``options`` are passed as
 keyword arguments. Every failure is a :class:`PluginError` naming the plugin: ``check-config``
 exits 2 with it and ``serve`` refuses to start.
+
+A factory is called by ``check-config``, by ``serve``'s master (to refuse a broken one before
+any fork; that object is thrown away) and by each worker at its start: it should read its
+files there, but open connections and start threads on first use, inside the worker.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ trusted XCLIENT named, never the proxy's). Domains match exactly, case-insensiti
 ``.example.com`` matches every subdomain of example.com.
 
 With ``recipients``, a recipient in a local domain must be listed: ``user@example.com``, or
-``@example.com`` for every user of that domain; others get ``550 5.1.1``. ``domains`` and
+``@example.com`` for every user of that domain, compared case-insensitively; others get
+``550 5.1.1``. ``domains`` and
 ``recipients`` items may be ``file:PATH``: one entry a line, ``#`` comments; read when the
 plugin is built (each worker's start, so again on SIGHUP).
 """

@@ -108,7 +108,7 @@ def test_password_hashes_are_checked_off_the_event_loop(passwd: Path, monkeypatc
         return await plugin.on_auth(session, SaslCredentials("PLAIN", "alice@example.com", password="correct horse"))
 
     assert asyncio.run(run()) is True
-    assert threads and threads[0] is not threading.main_thread()
+    assert threads and threads[0] is not threading.main_thread() and threads[0].name.startswith("auth-file")
 
 
 # -- check-config ---------------------------------------------------------------------------

@@ -138,6 +138,16 @@ def test_check_config_warns_about_an_open_relay(tmp_path: Path) -> None:
     path.write_text('[[listeners]]\naddress = "[::]:587"\nmode = "submission"\n[auth]\nmethods = ["PLAIN"]\n'
                     'backend = "file"\nfile = "/nonexistent"\n')
     assert warnings(load_config(str(path), env={})) == []
+    path.write_text('[[listeners]]\naddress = "0.0.0.0:2525"\n[[plugins]]\nuse = "relay-policy"\n'
+                    'options = { domains = ["example.com"] }\n')
+    assert warnings(load_config(str(path), env={})) == []
+
+
+def test_unused_auth_settings_are_warned_about(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[auth]\nfile = "/etc/smtpfront/passwd"\n')
+    assert warnings(load_config(str(path), env={})) == [
+        'auth.file is set but not used: auth.backend is "none", not "file"']
 
 
 def test_serve_warns_about_an_open_relay(served: type[Served]) -> None:
