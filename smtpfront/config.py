@@ -24,6 +24,10 @@ plugin). ``[auth] backend`` and ``[policy] domains`` imply built-in plugins befo
 
 Rule: stdlib only, and no other smtpfront module is imported (ARCHITECTURE.md "Layers"). Values
 that mirror other modules (SASL mechanisms, defaults) are repeated here; tests keep them equal.
+
+Size (over 500 lines): the model (one dataclass per TOML table), its checks, the three
+sources and the rendering are one concern, the operator's configuration; the keys' meaning
+for the server is in :mod:`smtpfront.assembly`.
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ deduplicates retries stores every copy. A run stops at ``--seconds`` or after
 than ``--timeout`` aborts its connection. The report gives msgs/s, MB/s (message octets),
 reply codes, final-dot → reply latency percentiles, connections/s and errors; ``--json``
 prints it as one JSON line.
+
+Size (over 500 lines): one self-contained tool (options, the session state machine, the
+body, the report, the multi-process merge) that a load test runs as a single file.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """``RedisStreamSink``: every accepted message becomes one Redis stream entry.
 
-Group commit: messages that finish while a batch is in flight form the next batch, sent as
-one pipelined write of ``XADD`` commands (hand-packed RESP; the body goes out as the parts
-it arrived in, never concatenated) on one connection, with the replies read in order. No
+Group commit (:mod:`smtpfront.sink.redis_lane`): messages that finish while a batch is in
+flight form the next batch, sent as one write of hand-packed ``XADD`` commands (the parts a
+body arrived in are joined once, into that write) on one connection, with the replies read
+in order. No
 timer ever delays a lone message. Each client gets its ``250`` only after its own
 ``XADD`` reply; an error reply, a lost connection or a timeout fails that batch's commits
 (the clients get ``451 4.3.0`` and retry). A failed batch (a timeout, a lost connection)
@@ -54,7 +55,12 @@ doubling up to :data:`PROBE_PAUSE_MAX`); the first answer brings the lane, and `
 waiting for traffic. Only the probe paces the retries: traffic never reaches a lane that is
 down, so it can neither delay the lane's return nor wait on Redis meanwhile.
 
-Rule: ``redis`` is imported only here and by the consumer (which reuses the URL parsing).
+Rule: ``redis`` is imported only by the Redis modules of the sink and by the consumer side.
+
+Size (over 500 lines): the sink, its writer and the two topologies (one server or Sentinel's
+master; a Cluster's shard lanes) share the routing of one message, which reads the writer's
+dedup hash and packed command; the next split moves the topologies to a module of their own
+once the writer's routing is a public interface.
 """
 
 from __future__ import annotations
