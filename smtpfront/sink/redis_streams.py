@@ -57,10 +57,9 @@ down, so it can neither delay the lane's return nor wait on Redis meanwhile.
 
 Rule: ``redis`` is imported only by the Redis modules of the sink and by the consumer side.
 
-Size (over 500 lines): the sink, its writer and the two topologies (one server or Sentinel's
-master; a Cluster's shard lanes) share the routing of one message, which reads the writer's
-dedup hash and packed command; the next split moves the topologies to a module of their own
-once the writer's routing is a public interface.
+The Redis queue's modules: this one (the sink and its writer), ``redis_topology`` (where the
+queue lives), ``redis_lane`` (group commit on one connection), ``redis_wire`` (RESP out,
+hiredis in), ``redis_url`` (the URL grammar), ``redis_large`` (large bodies).
 """
 
 from __future__ import annotations
@@ -69,31 +68,23 @@ import asyncio
 import hashlib
 import logging
 import re
-import time
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable
 from functools import partial
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
-import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.connection import Connection
-from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
-from redis.backoff import NoBackoff
 from redis.exceptions import (
     RedisClusterException,
     RedisError,
-    ResponseError,
 )
 
 from ..metrics import instruments
 from .base import Envelope, SinkError
 from .record import envelope_fields
-from .redis_lane import Lane
 from .redis_large import UPLOAD_TTL, Upload
-from .redis_url import MAX_SHARDS, QueueURL, check_stream_name, parse_queue_url, shard_stream
+from .redis_topology import Cluster, Single, Target, Topology
+from .redis_url import parse_queue_url
+from .redis_wire import bulk, xadd_head
 
 __all__ = ["RedisStreamSink", "RedisStreamWriter"]
 
@@ -125,32 +116,9 @@ async def _wait(event: asyncio.Event) -> None:
     await event.wait()
 
 
-def _bulk(arg: bytes) -> bytes:
-    return b"$%d\r\n%b\r\n" % (len(arg), arg)
-
-
-def _xadd_head(stream: bytes, maxlen: int | None) -> tuple[int, bytes]:
-    """``XADD stream [MAXLEN ~ n] *`` in RESP, and how many arguments that is."""
-    args: list[bytes] = [b"XADD", stream]
-    if maxlen is not None:
-        args += [b"MAXLEN", b"~", str(maxlen).encode()]
-    args.append(b"*")
-    return len(args), b"".join(_bulk(a) for a in args)
-
-
 # RFC 5322 §3.6.4: a Message-ID field in the header block (case-insensitive field name).
 _MESSAGE_ID = re.compile(rb"\r\nmessage-id[ \t]*:", re.IGNORECASE)
 _HEADER_LIMIT = 64 * 1024  # a header block longer than this is decided on what was seen
-
-
-@dataclass(frozen=True, slots=True)
-class _Target:
-    """Where a large message goes: its shard (None: the one stream) and that stream's key names."""
-
-    shard: int | None
-    stream: bytes
-    dedup_prefix: bytes
-    body_prefix: bytes
 
 
 class RedisStreamWriter:
@@ -170,7 +138,7 @@ class RedisStreamWriter:
         # Octets (trace included) past which the body is uploaded: the threshold counts body octets.
         self._limit = sink.large_threshold + len(envelope.trace) if sink.large_threshold else 1 << 62
         self._upload: Upload | None = None
-        self._target: _Target | None = None
+        self._target: Target | None = None
 
     def write(self, data: memoryview) -> None:
         """Keep a copy of the chunk (the view points into the receive buffer), or upload it."""
@@ -190,9 +158,9 @@ class RedisStreamWriter:
     def _start_upload(self) -> None:
         """The body passed the large threshold: from now on it goes to Redis as it comes."""
         sink = self._sink
-        self._target = target = sink._topology.target(self)
+        self._target = target = sink.topology.target(self)
         key = target.body_prefix + uuid.uuid4().hex.encode()
-        self._upload = upload = Upload(partial(sink._topology.lane_for, target.shard), key, sink.upload_ttl)
+        self._upload = upload = Upload(partial(sink.topology.lane_for, target.shard), key, sink.upload_ttl)
         parts, self._parts = self._parts, []
         for part in parts:
             upload.add(part)
@@ -242,7 +210,7 @@ class RedisStreamWriter:
             self._read_header(b"\r\n\r\n")
         if self._upload is not None:
             return self._commit_large(self._upload)
-        lane, packed, shard = self._sink._topology.route(self)
+        lane, packed, shard = self._sink.topology.route(self)
         self._parts = []
         entry = lane.enqueue(packed, self._size)
         return entry if shard is None else _prefixed(entry, f"{shard}/")
@@ -262,6 +230,21 @@ class RedisStreamWriter:
         if self._upload is not None:
             await self._upload.abort()
 
+    def dedup_hash(self) -> bytes | None:
+        """The message's idempotency hash, or None when it cannot be deduplicated (no
+        Message-ID, or dedup off): a topology routes on it."""
+        return None if self._digest is None else self._dedup_hash()
+
+    def header_hash(self) -> int | None:
+        """For a large message whose body is not complete yet: a hash of its envelope and header
+        block (Message-ID included), so that a retry routes the same way; None without dedup."""
+        if self._digest is None:
+            return None
+        env = self._envelope
+        digest = hashlib.sha256(self._block + b"\0" + str(env.mail_from).encode() + b"\0"
+                                + b"\0".join(str(r.address).encode() for r in env.recipients))
+        return int(digest.hexdigest()[:8], 16)
+
     def _dedup_hash(self) -> bytes:
         """The idempotency hash: the envelope and the body (our trace, which is unique, excluded).
 
@@ -275,15 +258,15 @@ class RedisStreamWriter:
         digest.update(b"\0".join(str(r.address).encode() for r in env.recipients))
         return digest.hexdigest().encode()
 
-    def _packed(self, xadd_head: bytes, stream: bytes, dedup_key: bytes | None) -> list[bytes]:
+    def packed(self, xadd_head: bytes, stream: bytes, dedup_key: bytes | None) -> list[bytes]:
         """The XADD command in RESP (or the dedup script around it), the body as its parts."""
         sink = self._sink
         fields = envelope_fields(self._envelope)
         head: list[bytes] = []
         for name, value in fields:
-            head.append(_bulk(name))
-            head.append(_bulk(value))
-        head.append(_bulk(b"body"))
+            head.append(bulk(name))
+            head.append(bulk(value))
+        head.append(bulk(b"body"))
         head.append(b"$%d\r\n" % self._size)
         if dedup_key is None:
             count = sink._xadd_args + 2 * len(fields) + 2
@@ -291,7 +274,7 @@ class RedisStreamWriter:
         else:
             # EVALSHA sha 2 dedup-key stream window maxlen field value ... (see _DEDUP_SCRIPT)
             count = 7 + 2 * len(fields) + 2
-            prefix = b"*%d\r\n" % count + b"".join(_bulk(a) for a in (
+            prefix = b"*%d\r\n" % count + b"".join(bulk(a) for a in (
                 b"EVALSHA", sink._dedup_sha, b"2", dedup_key, stream,
                 str(sink.dedup_window).encode(), str(sink.maxlen or 0).encode()))
         return [prefix + b"".join(head), *self._parts, b"\r\n"]
@@ -313,232 +296,6 @@ def _prefixed(entry: asyncio.Future[str], prefix: str) -> asyncio.Future[str]:
 
     entry.add_done_callback(done)
     return out
-
-
-# -- where the queue lives --------------------------------------------------------------------
-
-
-async def _backlog(client: aioredis.Redis | RedisCluster, stream: str, group: str | None) -> int:
-    """The group's lag on ``stream`` when a group is named (and known), else XLEN."""
-    if group is not None:
-        try:
-            infos: Any = await client.xinfo_groups(stream)
-        except ResponseError:  # no such stream (yet)
-            infos = []
-        for info in infos:
-            name = info.get("name")
-            if name in (group, group.encode()) and info.get("lag") is not None:
-                return int(info["lag"])
-    return int(await client.xlen(stream))
-
-
-class _Topology(Protocol):
-    async def start(self) -> None: ...
-    def route(self, writer: RedisStreamWriter) -> tuple[Lane, list[bytes], int | None]: ...
-    def target(self, writer: RedisStreamWriter) -> _Target: ...
-    def lane_for(self, shard: int | None) -> Lane: ...
-    def available(self) -> bool: ...
-    async def backlog(self) -> int: ...
-    async def close(self) -> None: ...
-
-
-class _Single:
-    """One server (``redis://``, ``rediss://``, ``unix://``), or the master Sentinel names."""
-
-    def __init__(self, sink: RedisStreamSink, queue: QueueURL, timeout: float) -> None:
-        self._sink = sink
-        self._sentinel: Sentinel | None = None
-        self.redis: aioredis.Redis
-        if queue.kind == "sentinel":
-            # A sentinel that is away is skipped at once (no retries): the next one is asked.
-            watchers = {"socket_timeout": timeout, "socket_connect_timeout": timeout, "ssl": queue.ssl,
-                        "retry": Retry(NoBackoff(), 0)}
-            self._sentinel = Sentinel(
-                list(queue.nodes), sentinel_kwargs=watchers, socket_timeout=timeout, socket_connect_timeout=timeout,
-            )
-            self.redis = self._sentinel.master_for(
-                queue.service, db=queue.db, username=queue.username, password=queue.password, ssl=queue.ssl,
-            )
-        else:
-            self.redis = aioredis.Redis.from_url(queue.url, socket_timeout=timeout, socket_connect_timeout=timeout)
-        self.lane = Lane(sink, self.redis.connection_pool.make_connection, sink._safe_url, timeout, sink.scripts)
-        self._stream = sink.stream.encode()
-        self._target = _Target(None, self._stream, sink._dedup_prefix, self._stream + b":body:")
-
-    async def start(self) -> None:
-        # As in a cluster: connect the lane and load the dedup script on the connection the
-        # batches will use, once (not on a pool connection, then again on the lane's).
-        failure = await self.lane.warm()
-        if failure is not None:
-            await self.lane.close()  # no probe for a sink that did not start
-            raise failure
-
-    def route(self, writer: RedisStreamWriter) -> tuple[Lane, list[bytes], int | None]:
-        sink = self._sink
-        dedup = None if writer._digest is None else sink._dedup_prefix + writer._dedup_hash()
-        return self.lane, writer._packed(sink._xadd_head, self._stream, dedup), None
-
-    def target(self, writer: RedisStreamWriter) -> _Target:
-        return self._target
-
-    def lane_for(self, shard: int | None) -> Lane:
-        return self.lane
-
-    def available(self) -> bool:
-        return not self.lane.down
-
-    async def backlog(self) -> int:
-        return await _backlog(self.redis, self._sink.stream, self._sink.group)
-
-    async def close(self) -> None:
-        await self.lane.close()
-        await self.redis.aclose()
-        if self._sentinel is not None:
-            for client in self._sentinel.sentinels:
-                await client.aclose()
-
-
-class _Cluster:
-    """Redis Cluster: shard streams, one lane per master node, the slot map from RedisCluster."""
-
-    def __init__(self, sink: RedisStreamSink, queue: QueueURL, shards: int, timeout: float) -> None:
-        if not 0 < shards <= MAX_SHARDS:
-            raise ValueError(f"shards wants a number from 1 to {MAX_SHARDS}, got {shards}")
-        check_stream_name(sink.stream)
-        self._sink = sink
-        self._timeout = timeout
-        self.count = shards
-        # No retries inside redis-py (the sink backs off); no full coverage needed to start
-        # (a shard whose slot no node serves gets 451, the others work).
-        self.client = RedisCluster(
-            startup_nodes=[ClusterNode(host, port) for host, port in queue.nodes], username=queue.username,
-            password=queue.password, ssl=queue.ssl, socket_timeout=timeout, socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0), require_full_coverage=False,
-        )
-        self.keys = [shard_stream(sink.stream, i) for i in range(shards)]
-        self._names = [key.encode() for key in self.keys]
-        self._heads = [_xadd_head(name, sink.maxlen)[1] for name in self._names]
-        self._dedup_prefixes = [name + b":dedup:" for name in self._names]
-        self._targets = [_Target(i, name, name + b":dedup:", name + b":body:") for i, name in enumerate(self._names)]
-        self._slots = [self.client.keyslot(name) for name in self._names]
-        self.lanes: dict[str, Lane] = {}  # by node name
-        self.shard_lanes: list[Lane | None] = [None] * shards
-        self._next = 0
-        self._refreshing: asyncio.Task[None] | None = None
-        self._refreshed_at = 0.0
-        self._retiring: set[asyncio.Task[None]] = set()
-        self._closed = False
-
-    async def start(self) -> None:
-        await self.client.initialize()
-        self._map()
-        unserved = [i for i, lane in enumerate(self.shard_lanes) if lane is None]
-        if unserved:
-            raise RedisClusterException(f"no node serves the slots of shards {unserved}")
-        lanes = list(self.lanes.values())
-        failures = await asyncio.gather(*(lane.warm() for lane in lanes))
-        if all(failures):  # every node is away: as good as no cluster
-            raise RedisClusterException(f"no cluster node answers: {failures[0]}")
-
-    def _map(self) -> None:
-        """Map each shard to the lane of the node serving its slot (new nodes get a lane)."""
-        nodes = self.client.nodes_manager
-        used: dict[str, Lane] = {}
-        for shard, slot in enumerate(self._slots):
-            try:
-                node = nodes.get_node_from_slot(slot)
-            except RedisClusterException:  # SlotNotCoveredError
-                self.shard_lanes[shard] = None
-                continue
-            lane = used.get(node.name) or self.lanes.get(node.name) or self._lane(node)
-            used[node.name] = self.shard_lanes[shard] = lane
-        for name, lane in self.lanes.items():
-            if name not in used:  # the node serves none of our shards any more
-                task = asyncio.get_running_loop().create_task(lane.close())
-                self._retiring.add(task)
-                task.add_done_callback(self._retiring.discard)
-        self.lanes = used
-
-    def _lane(self, node: ClusterNode) -> Lane:
-        # A connection of our own to the node, made the way the node's pool makes one.
-        kind: Callable[..., Connection] = node.connection_class
-        options = {**node.connection_kwargs, "retry": Retry(NoBackoff(), 0)}
-        return Lane(self._sink, lambda: kind(**options), f"{self._sink._safe_url} node {node.name}", self._timeout,
-                    self._sink.scripts, self.refresh)
-
-    def refresh(self) -> None:
-        """Re-read the slot map in the background: one refresh at a time, at most two a second."""
-        if self._closed or (self._refreshing is not None and not self._refreshing.done()):
-            return
-        self._refreshing = asyncio.get_running_loop().create_task(self._refresh())
-
-    async def _refresh(self) -> None:
-        pause = self._refreshed_at + 0.5 - time.monotonic()
-        if pause > 0:
-            await asyncio.sleep(pause)
-        try:
-            await self.client.nodes_manager.initialize()
-        except (RedisError, RedisClusterException, OSError) as exc:
-            log.warning("redis queue %s: slot map refresh failed: %s", self._sink._safe_url, exc)
-        else:
-            self._map()
-        finally:
-            self._refreshed_at = time.monotonic()
-
-    def route(self, writer: RedisStreamWriter) -> tuple[Lane, list[bytes], int | None]:
-        if writer._digest is not None:  # the same message always goes to the same shard
-            digest = writer._dedup_hash()
-            shard = int(digest[:8], 16) % self.count
-            dedup: bytes | None = self._dedup_prefixes[shard] + digest
-        else:
-            shard, dedup = self._turn(), None
-        lane = self.shard_lanes[shard]
-        if lane is None:
-            self.refresh()
-            raise SinkError(f"redis queue {self._sink._safe_url}: no node serves shard {shard} (retrying)")
-        return lane, writer._packed(self._heads[shard], self._names[shard], dedup), shard
-
-    def target(self, writer: RedisStreamWriter) -> _Target:
-        """A large message's shard, chosen as its upload starts (before its body is complete):
-        with dedup, from its envelope and header block (Message-ID included), so a retry comes
-        to the same shard; else by turns."""
-        if writer._digest is None:
-            return self._targets[self._turn()]
-        env = writer._envelope
-        digest = hashlib.sha256(writer._block + b"\0" + str(env.mail_from).encode() + b"\0"
-                                + b"\0".join(str(r.address).encode() for r in env.recipients))
-        return self._targets[int(digest.hexdigest()[:8], 16) % self.count]
-
-    def lane_for(self, shard: int | None) -> Lane:
-        lane = None if shard is None else self.shard_lanes[shard]
-        if lane is None:
-            self.refresh()
-            raise SinkError(f"redis queue {self._sink._safe_url}: no node serves shard {shard} (retrying)")
-        return lane
-
-    def _turn(self) -> int:
-        """The next shard whose node is not down."""
-        for _ in range(self.count):
-            shard = self._next
-            self._next = (shard + 1) % self.count
-            lane = self.shard_lanes[shard]
-            if lane is not None and not lane.down:
-                return shard
-        raise SinkError(f"redis queue {self._sink._safe_url}: no cluster node is available (retrying)")
-
-    def available(self) -> bool:
-        return any(not lane.down for lane in self.lanes.values())
-
-    async def backlog(self) -> int:
-        sink = self._sink
-        return sum(await asyncio.gather(*(_backlog(self.client, key, sink.group) for key in self.keys)))
-
-    async def close(self) -> None:
-        self._closed = True
-        if self._refreshing is not None:
-            self._refreshing.cancel()
-        await asyncio.gather(*(lane.close() for lane in self.lanes.values()), *self._retiring)
-        await self.client.aclose()
 
 
 # -- the sink ---------------------------------------------------------------------------------
@@ -590,28 +347,28 @@ class RedisStreamSink:
         self._drained: asyncio.Event | None = None
         self._monitor: asyncio.Task[None] | None = None
         self._sampler: asyncio.TimerHandle | None = None
-        self._dedup_prefix = f"{stream}:dedup:".encode()
+        self.dedup_prefix = f"{stream}:dedup:".encode()
         self._dedup_sha = hashlib.sha1(_DEDUP_SCRIPT).hexdigest().encode()  # Redis names scripts by SHA-1
         self.scripts = (_DEDUP_SCRIPT,) if dedup_window else ()  # loaded on every lane's connection
         self.durability = durability
         self.replicas = replicas
         self.wait_timeout_ms = wait_timeout_ms
-        self._xadd_args, self._xadd_head = _xadd_head(stream.encode(), maxlen)
+        self._xadd_args, self.xadd_head = xadd_head(stream.encode(), maxlen)
         self._closed = False
         # Figures for operators and the benchmark: batches sent, entries written.
         self.batches = 0
         self.entries = 0
         self.max_batch = 0
         queue = parse_queue_url(url)
-        self._topology: _Topology
+        self.topology: Topology
         if queue.kind == "cluster":
             self.shards = shards or queue.shards
-            self._topology = _Cluster(self, queue, self.shards, timeout)
+            self.topology = Cluster(self, queue, self.shards, timeout)
         else:
             if shards:
                 raise ValueError(f"shards={shards}: sharded streams need a redis+cluster:// queue")
             self.shards = 0  # one stream
-            self._topology = _Single(self, queue, timeout)
+            self.topology = Single(self, queue, timeout)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStreamSink:
@@ -621,9 +378,9 @@ class RedisStreamSink:
     async def start(self) -> None:
         """Connect, check the server answers, load the dedup script, start the high-water monitor."""
         try:
-            await self._topology.start()
+            await self.topology.start()
         except (RedisError, RedisClusterException, OSError) as exc:
-            raise SinkError(f"redis queue {self._safe_url}: {exc}") from exc
+            raise SinkError(f"redis queue {self.safe_url}: {exc}") from exc
         instruments().queue_up.set(1)
         self._sample()
         if self.high_water is not None:
@@ -641,10 +398,10 @@ class RedisStreamSink:
         """full ⇔ the backlog (the group's lag when a group is named, else XLEN; summed over
         the shards in a cluster) > high_water."""
         assert self.high_water is not None
-        backlog = await self._topology.backlog()
+        backlog = await self.topology.backlog()
         full = backlog > self.high_water
         if full != self.full:
-            log.warning("redis queue %s %s its high-water mark (%d > %d)", self._safe_url,
+            log.warning("redis queue %s %s its high-water mark (%d > %d)", self.safe_url,
                         "passed" if full else "is back under", backlog, self.high_water)
         self.full = full
         m = instruments()
@@ -673,7 +430,7 @@ class RedisStreamSink:
             self._drained.set()
 
     @property
-    def _safe_url(self) -> str:
+    def safe_url(self) -> str:
         """The URL without its password, for messages."""
         head, sep, tail = self.url.rpartition("@")
         return f"{head.split('://')[0]}://***@{tail}" if sep else self.url
@@ -682,8 +439,8 @@ class RedisStreamSink:
         """Start a message (no I/O: the record is written at commit)."""
         if self._closed:
             raise SinkError("redis queue is closed")
-        if not self._topology.available():
-            raise SinkError(f"redis queue {self._safe_url} is unavailable (retrying)")
+        if not self.topology.available():
+            raise SinkError(f"redis queue {self.safe_url} is unavailable (retrying)")
         return RedisStreamWriter(self, envelope)
 
     async def close(self) -> None:
@@ -693,5 +450,5 @@ class RedisStreamSink:
             self._monitor.cancel()
         if self._sampler is not None:
             self._sampler.cancel()
-        await self._topology.close()
+        await self.topology.close()
         instruments().inflight_bytes.set(self.inflight)

@@ -22,7 +22,7 @@ from typing import Any
 import hiredis
 from redis.asyncio.connection import AbstractConnection
 
-__all__ = ["Channel", "ReplyError", "adopt"]
+__all__ = ["Channel", "ReplyError", "adopt", "bulk", "xadd_head"]
 
 ReplyError = hiredis.ReplyError  # an error reply (-ERR …) is returned in its place, not raised
 
@@ -135,3 +135,16 @@ def adopt(conn: AbstractConnection, label: str, timeout: float) -> Channel:
     channel.transport = transport
     transport.set_protocol(channel)
     return channel
+
+
+def bulk(arg: bytes) -> bytes:
+    return b"$%d\r\n%b\r\n" % (len(arg), arg)
+
+
+def xadd_head(stream: bytes, maxlen: int | None) -> tuple[int, bytes]:
+    """``XADD stream [MAXLEN ~ n] *`` in RESP, and how many arguments that is."""
+    args: list[bytes] = [b"XADD", stream]
+    if maxlen is not None:
+        args += [b"MAXLEN", b"~", str(maxlen).encode()]
+    args.append(b"*")
+    return len(args), b"".join(bulk(a) for a in args)

@@ -413,20 +413,20 @@ def test_a_probe_brings_the_queue_back_up_without_traffic(
     async def main() -> None:
         sink = RedisStreamSink(redis_server.url, timeout=2)
         await sink.start()
-        lane = sink._topology.lane  # type: ignore[attr-defined]
+        lane = sink.topology.lane  # type: ignore[attr-defined]
         try:
             assert m.queue_up.last == 1
             await asyncio.to_thread(redis_server.stop)
             with pytest.raises(SinkError):
                 await commit(sink, 0)
-            assert m.queue_up.last == 0 and not sink._topology.available()
+            assert m.queue_up.last == 0 and not sink.topology.available()
             await asyncio.sleep(1.6)  # probes fail meanwhile, pausing longer each time (up to 0.4 s)
             assert m.queue_up.last == 0 and lane.down
             await asyncio.to_thread(redis_server.start)
             started = time.monotonic()
             await until(lambda: m.queue_up.last == 1, timeout=8)  # no message was sent meanwhile
             print(f"\nback up {time.monotonic() - started:.2f} s after Redis restarted, probe pause ≤ 0.4 s")
-            assert sink._topology.available() and not lane.down
+            assert sink.topology.available() and not lane.down
             assert await commit(sink, 2)  # and the probe's connection carries mail at once
 
             await asyncio.to_thread(redis_server.stop)  # down again: close() stops the probe
