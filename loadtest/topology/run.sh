@@ -128,15 +128,15 @@ start_redis() {  # start_redis NODE [MASTER_ADDRESS]
     start "$node" "$node" redis-server --bind "${ADDR[$node]}" --port 6379 --protected-mode no --save "" \
         --appendonly no --dir "$WORK/$node" ${2:+--replicaof "$2" 6379}
 }
-master_addr() { obs redis-cli -h $BACK.51 -p 26379 --raw sentinel get-master-addr-by-name mymaster | head -1; }
+master_addr() { obs timeout 5 redis-cli -h $BACK.51 -p 26379 --raw sentinel get-master-addr-by-name mymaster | head -1; }
 replica_online() {  # the master at $1 has a replica that is online and caught up
-    obs redis-cli -h "$1" --raw info replication | grep -q '^slave0:.*state=online'
+    obs timeout 5 redis-cli -h "$1" --raw info replication | grep -q '^slave0:.*state=online'
 }
 sentinels_ready() {
     local n
     for n in 1 2 3; do
-        obs redis-cli -h "$BACK.5$n" -p 26379 --raw sentinel ckquorum mymaster | grep -q '^OK 3 ' || return 1
-        [ "$(obs redis-cli -h "$BACK.5$n" -p 26379 --raw sentinel master mymaster \
+        obs timeout 5 redis-cli -h "$BACK.5$n" -p 26379 --raw sentinel ckquorum mymaster | grep -q '^OK 3 ' || return 1
+        [ "$(obs timeout 5 redis-cli -h "$BACK.5$n" -p 26379 --raw sentinel master mymaster \
             | awk 'prev == "num-slaves" {print; exit} {prev = $0}')" -ge 1 ] || return 1
     done
 }
@@ -263,6 +263,7 @@ fault_drain-host() {
     wait_until 40 "smtpfront2 to exit" gone "$pid" && note "host_exited=$(since "$t0")"
 }
 after_drain-host() {
+    alive "${PIDS[host2]}" && kill -KILL -- "-${PIDS[host2]}"
     wait "${PIDS[host2]}" 2>/dev/null || true
     start_host 2
     wait_until 40 "smtpfront2 back UP" both_up
@@ -300,7 +301,7 @@ fault_kill-consumer() {
     local name="cons1-${GEN[cons1]}" end=$((SECONDS + 10)) pending=0 master
     master=$(master_addr)
     while [ $SECONDS -lt $end ]; do  # kill it while it holds entries it has not acknowledged
-        pending=$(obs redis-cli -h "$master" --raw xpending smtpfront:inbound smtpfront - + 100 "$name" | grep -c '^[0-9]*-[0-9]*$' || true)
+        pending=$(obs timeout 5 redis-cli -h "$master" --raw xpending smtpfront:inbound smtpfront - + 100 "$name" | grep -c '^[0-9]*-[0-9]*$' || true)
         [ "$pending" -gt 0 ] && break
         sleep 0.05
     done
@@ -325,7 +326,7 @@ for name in "${SCENARIOS[@]}"; do
     wait "$sender" || { say "the sender failed: $(tail -3 "$WORK/$name.send.log")"; FAILED=1; continue; }
     "after_$name"
     rc=0
-    line=$(obs "$PY" "$TOPO" count --sent "$WORK/$name.json" --maildir "$WORK/maildir1" --maildir "$WORK/maildir2" \
+    line=$(obs timeout $((WAIT + 60)) "$PY" "$TOPO" count --sent "$WORK/$name.json" --maildir "$WORK/maildir1" --maildir "$WORK/maildir2" \
         --sentinel "$BACK.51:26379" --sentinel "$BACK.52:26379" --sentinel "$BACK.53:26379" \
         --fault-at "$( [ "$name" = steady ] && echo 0 || echo "$fault_at")" --wait "$WAIT") || rc=$?
     [ $rc = 0 ] || FAILED=1

@@ -306,9 +306,13 @@ def count(args: argparse.Namespace) -> int:
     for token in lost[:20]:
         print(f"  LOST {token}: attempts {messages[token]}, stream entries {in_stream.get(token, 0)}", file=detail)
     for token, n in sorted(dups.items())[:20]:
-        why = ("enqueued twice (a retry the dedup did not recognise)" if in_stream.get(token, 0) > 1
-               else "one entry delivered twice (at-least-once: delivered, then the XACK did not land)")
-        print(f"  DUPLICATE {token}: {n} copies, {in_stream.get(token, 0)} stream entries: {why}", file=detail)
+        why = ("enqueued twice: a retry the front end's dedup did not recognise" if in_stream.get(token, 0) > 1
+               else "one entry delivered twice: at-least-once, the consumer's XACK did not land (lost with a "
+                    "Redis primary, or the consumer died first) and the entry was delivered again; the Maildir "
+                    "handler does not deduplicate")
+        where = sorted(f"{path.parent.parent.name}/{path.parent.name}" for path, t in seen.items() if t == token)
+        print(f"  DUPLICATE {token}: {n} copies ({', '.join(where)}), {in_stream.get(token, 0)} stream entries: {why}",
+              file=detail)
     enqueued_twice = sum(1 for t in dups if in_stream.get(t, 0) > 1)
     if dups:
         print(f"  duplicates: {len(dups) - enqueued_twice} redelivered by a consumer, {enqueued_twice} enqueued "
