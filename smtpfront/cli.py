@@ -158,6 +158,7 @@ def serve(args: argparse.Namespace) -> int:
         worker_main=lambda context: worker_main(current[0], context), workers=config.workers,
         graceful_timeout=config.supervisor.graceful_timeout, heartbeat_timeout=config.supervisor.heartbeat_timeout,
         respawn_backoff=config.supervisor.respawn_backoff, respawn_backoff_max=config.supervisor.respawn_backoff_max,
+        drain_delay=config.supervisor.drain_delay,
         reload_check=reload_check, on_reaped=reaped,
     )
     host, port = parse_address(config.metrics.listen)

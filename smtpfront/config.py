@@ -269,6 +269,7 @@ class LoggingConfig:
 class SupervisorConfig:
     graceful_timeout: float = _f(30.0, gt=0)  # SIGTERM: drain this long, then kill
     heartbeat_timeout: float = _f(30.0, gt=0)  # a silent worker is killed and respawned
+    drain_delay: float = _f(0.0, min=0)  # SIGTERM: drain (agent, /readyz) this long before workers stop
     respawn_backoff: float = _f(0.1, min=0)  # first delay after a crash, doubled per quick crash
     respawn_backoff_max: float = _f(5.0, min=0)
 

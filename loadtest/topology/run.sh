@@ -187,6 +187,7 @@ agent_check_listen = "0.0.0.0:9102"
 
 [supervisor]
 graceful_timeout = 15
+drain_delay = 3
 
 [logging]
 format = "plain"

@@ -104,6 +104,9 @@ class Arbiter:
         reload_check: called on SIGHUP before new workers start; raising keeps the old ones.
         on_reaped: called with a reaped worker's pid and whether its exit was unexpected
             (metrics: the worker's files are marked dead, restarts counted).
+        drain_delay: seconds between a graceful stop's start (``/readyz`` 503, the agent says
+            ``drain``) and the workers' stop, so a load balancer that asks every few seconds
+            moves new clients away while this host still takes them.
         respawn_backoff: seconds before a crashed worker is replaced; doubled for each worker
             that dies within 10 s of its start, up to ``respawn_backoff_max``; back to 0 once
             a worker lived longer.
@@ -117,9 +120,11 @@ class Arbiter:
     on_reaped: Callable[[int, bool], None] | None = None
     respawn_backoff: float = 0.1
     respawn_backoff_max: float = 5.0
+    drain_delay: float = 0.0
     _children: dict[int, _Worker] = field(default_factory=dict)
     _generation: int = 0
     _stopping: bool = False
+    _workers_stop_at: float = 0.0  # a graceful stop waits for its drain_delay until then
     _respawn_delay: float = 0.0
     _next_spawn: float = 0.0
     # A reload's old generation, retired once the new one is ready (the port never closes).
@@ -147,6 +152,8 @@ class Arbiter:
                     getattr(self, f"handle_{_SIGNALS[signal.Signals(received)]}")()
                 self._reap()
                 self._collect()
+                if self._workers_stop_at and time.monotonic() >= self._workers_stop_at:
+                    self._stop_workers(graceful=True)
                 if self._stopping and not self._children:
                     log.info("master stopped")
                     return 0
@@ -166,6 +173,8 @@ class Arbiter:
         """Seconds until the loop must run again: 1, or less when a respawn's backoff ends sooner."""
         if self._outgoing:
             return 0.1  # a reload: retire the old generation as soon as the new one listens
+        if self._workers_stop_at:
+            return min(1.0, max(0.0, self._workers_stop_at - time.monotonic()))
         if self._stopping or len(self._live()) >= self.workers:
             return 1.0
         return min(1.0, max(0.0, self._next_spawn - time.monotonic()))
@@ -409,7 +418,16 @@ class Arbiter:
                 worker.killed_at = now + 3600
 
     def _stop(self, *, graceful: bool) -> None:
-        self._stopping = True
+        first = not self._stopping
+        self._stopping = True  # from now /readyz answers 503 and the agent says "drain"
+        if graceful and first and self.drain_delay > 0:
+            log.info("draining: the workers stop in %.1f s", self.drain_delay)
+            self._workers_stop_at = time.monotonic() + self.drain_delay
+            return
+        self._stop_workers(graceful=graceful)
+
+    def _stop_workers(self, *, graceful: bool) -> None:
+        self._workers_stop_at = 0.0
         for number in list(self._sockets):
             self._close_slot(number)  # the port closes as soon as the workers close theirs
         sig = signal.SIGTERM if graceful else signal.SIGQUIT

@@ -383,3 +383,27 @@ def test_haproxy_agent_check_follows_load_and_drain(serve: type[Serve], monkeypa
     assert smtp.data(b"Subject: last\r\n\r\nx\r\n")[0] == 250
     smtp.close()
     assert server.stop() == 0
+
+
+def test_drain_delay_keeps_taking_sessions_while_the_agent_says_drain(
+    serve: type[Serve], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """supervisor.drain_delay: from SIGTERM the agent says "drain" and /readyz 503 at once, yet
+    new sessions are still served (a load balancer needs a few seconds to move them), until
+    the delay ends and the workers stop."""
+    agent, delay = free_port(), 2.5
+    monkeypatch.setenv("SMTPFRONT_METRICS__AGENT_CHECK_LISTEN", f"127.0.0.1:{agent}")
+    monkeypatch.setenv("SMTPFRONT_SUPERVISOR__DRAIN_DELAY", str(delay))
+    server = serve("--workers", "1", "--graceful-timeout", "10")
+    [worker] = server.wait_workers(1)
+    server.proc.send_signal(signal.SIGTERM)
+    stopped_at = time.monotonic()
+    deadline = stopped_at + TIMEOUT
+    while agent_answer(agent) != "drain" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert agent_answer(agent) == "drain"
+    assert http_get(server.metrics_port, "/readyz")[0] == 503
+    assert server.send(1)  # still served while HAProxy moves new clients away
+    assert server.workers() == {worker}
+    assert server.proc.wait(timeout=TIMEOUT + delay) == 0  # (a second SIGTERM would end the delay)
+    assert time.monotonic() - stopped_at >= delay  # the workers waited the delay out
