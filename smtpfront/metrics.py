@@ -221,6 +221,15 @@ class _Server(ThreadingHTTPServer):
     registry: CollectorRegistry
     ready: Callable[[], bool]
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A health checker that resets its connection (HAProxy does, after each check) is not
+        an error worth a traceback on stderr; anything else is logged, as JSON, once."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError | TimeoutError):
+            log.debug("metrics client %s went away: %s", client_address, exc)
+            return
+        log.exception("metrics request from %s failed", client_address)
+
 
 class _Server6(_Server):
     address_family = socket.AF_INET6

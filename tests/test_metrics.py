@@ -238,3 +238,20 @@ def test_held_metrics_flush_exactly_what_direct_updates_give() -> None:
     assert later == direct
     assert direct[("x_seconds_bucket", (("le", "0.001"),))] == 3  # 0.0, 0.0005, 0.001
     assert direct[("x_seconds_count", ())] == 8 and direct[("x_things_total", ())] == 16
+
+
+def test_a_health_checker_that_resets_is_no_traceback(capsys: pytest.CaptureFixture[str],
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """HAProxy resets its check connections: the endpoint's error hook stays quiet for that
+    (socketserver's default printed a traceback to stderr per check) and logs other failures."""
+    from smtpfront.metrics import _Server
+
+    server = _Server.__new__(_Server)  # the hook reads nothing of the server
+    for exc, logged in ((ConnectionResetError(104, "Connection reset by peer"), False), (ValueError("bug"), True)):
+        caplog.clear()
+        try:
+            raise exc
+        except Exception:
+            server.handle_error(None, ("10.0.0.9", 40000))
+        assert capsys.readouterr().err == ""
+        assert any(r.levelname == "ERROR" for r in caplog.records) is logged
