@@ -14,6 +14,7 @@ import functools
 import os
 import re
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from email.utils import format_datetime
 
@@ -98,14 +99,19 @@ def _tls_comment(tls: dict[str, str]) -> list[str]:
     return words
 
 
-def _fold(groups: list[list[str]]) -> bytes:
-    """Join word groups into ``Received:`` lines of at most 78 characters.
+def _fold_on(groups: Sequence[Sequence[str]], lines: list[str], line: str) -> bytes:
+    """Join word groups into ``Received:`` lines of at most 78 characters, continuing the fold
+    ``lines`` + ``line`` already began (:func:`_folded_session`).
 
     A group (``by mx.example``) stays on one line when it fits on one; otherwise its
     words are placed one by one. Continuation lines start with a TAB (RFC 5322 §2.2.3).
     """
-    lines: list[str] = []
-    line = "Received:"
+    lines, line = _fold_groups(groups, lines, line)
+    lines.append(line)
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+
+def _fold_groups(groups: Sequence[Sequence[str]], lines: list[str], line: str) -> tuple[list[str], str]:
     for group in groups:
         text = " ".join(group)
         if len(line) + 1 + len(text) <= _WIDTH:
@@ -121,8 +127,7 @@ def _fold(groups: list[list[str]]) -> bytes:
                 line = "\t" + word
             else:
                 line += " " + word
-    lines.append(line)
-    return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+    return lines, line
 
 
 def received_header(envelope: Envelope, *, server_name: str, queue_id: str, when: float) -> bytes:
@@ -143,15 +148,15 @@ def received_header(envelope: Envelope, *, server_name: str, queue_id: str, when
     """
     utf8 = envelope.mail_params.smtputf8
     tls = tuple(sorted(envelope.tls.items())) if envelope.tls is not None else None
-    groups = [list(g) for g in _session_groups(
+    lines, line = _folded_session(
         envelope.helo, envelope.client_name, envelope.client_address, tls, server_name, with_protocol(envelope), utf8,
-    )]
-    groups.append(["id", _clean(queue_id, _NAME_ASCII)])
+    )
+    groups = [["id", _clean(queue_id, _NAME_ASCII)]]
     if len(envelope.recipients) == 1:
         groups.append(["for", _mailbox(envelope.recipients[0].address, utf8)])
     groups[-1][-1] += ";"
     groups.append(_date_words(when))
-    return _fold(groups)
+    return _fold_on(groups, list(lines), line)
 
 
 _date_cache: tuple[int, list[str]] = (-1, [])
@@ -167,6 +172,16 @@ def _date_words(when: float) -> list[str]:
 
 
 @functools.lru_cache(maxsize=4096)
+def _folded_session(helo: str | None, client_name: str | None, client_address: str | None,
+                    tls: tuple[tuple[str, str], ...] | None, server_name: str, protocol: str,
+                    utf8: bool) -> tuple[tuple[str, ...], str]:
+    """The ``from … by … with`` groups already folded (the lines done, the line begun): the
+    same for every message of a session; a message folds only its id, ``for`` and date on."""
+    groups = _session_groups(helo, client_name, client_address, tls, server_name, protocol, utf8)
+    lines, line = _fold_groups(groups, [], "Received:")
+    return tuple(lines), line
+
+
 def _session_groups(helo: str | None, client_name: str | None, client_address: str | None,
                     tls: tuple[tuple[str, str], ...] | None, server_name: str, protocol: str,
                     utf8: bool) -> tuple[tuple[str, ...], ...]:
