@@ -179,7 +179,8 @@ class Lane:
         for (_, future, _), reply in zip(batch, replies, strict=True):
             if future.done():
                 continue
-            if isinstance(reply, ReplyError):
+            if isinstance(reply, ReplyError):  # e.g. OOM: this entry failed, the stream is in sync
+                instruments().queue_errors.inc()
                 text = str(reply)
                 if text.startswith("NOSCRIPT"):
                     self._load_scripts = True  # SCRIPT FLUSH on the server: load them again first

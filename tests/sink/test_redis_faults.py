@@ -373,7 +373,9 @@ def test_redis_slower_than_the_timeout_gives_451_without_blocking_the_loop(redis
 # -- 4. Redis refuses writes ------------------------------------------------------------------
 
 
-def test_redis_out_of_memory_fails_only_that_entry(redis_server: RedisServer) -> None:
+def test_redis_out_of_memory_fails_only_that_entry(redis_server: RedisServer,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    m = record_metrics(monkeypatch)
     client = redis_client(redis_server)
     try:
         with smtp_server(lambda: RedisStreamSink(redis_server.url)) as port, \
@@ -388,6 +390,7 @@ def test_redis_out_of_memory_fails_only_that_entry(redis_server: RedisServer) ->
 
             code, reply = deliver(smtp, "while full")
             assert (code, reply[:5]) == (451, b"4.3.0"), (code, reply)
+            assert len(m.queue_errors.values) == 1  # counted, so the queue-errors alert can fire
 
             client.config_set("maxmemory", "0")
             started = time.monotonic()
