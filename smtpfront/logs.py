@@ -20,7 +20,7 @@ from typing import IO, Any
 
 import orjson
 
-__all__ = ["JsonFormatter", "SessionLogger", "redact", "sanitize", "setup_logging"]
+__all__ = ["JsonFormatter", "SessionLogger", "Throttle", "redact", "sanitize", "setup_logging"]
 
 # Control characters (C0, DEL, C1, the Unicode line separators) become \xNN / \uNNNN; a
 # backslash is doubled so that an escape in the output is never the peer's own text. Lone
@@ -390,6 +390,31 @@ def _only_line_handler(logger: logging.Logger, levelno: int) -> _LineHandler | N
             return None
         node = node.parent
     return None
+
+
+class Throttle:
+    """At most one line per ``interval`` seconds for a trouble that repeats per message (the
+    queue away: every client gets 451, and a line each was thousands a second); the next line
+    that goes out says how many were left out. The counts are in the metrics either way."""
+
+    __slots__ = ("_interval", "_next", "_skipped")
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self._interval = interval
+        self._next = 0.0
+        self._skipped = 0
+
+    def warning(self, logger: logging.Logger, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self._skipped += 1
+            return
+        self._next = now + self._interval
+        skipped, self._skipped = self._skipped, 0
+        if skipped:
+            logger.warning(msg + " (and %d more like it in the last %.0f s)", *args, skipped, self._interval)
+        else:
+            logger.warning(msg, *args)
 
 
 def setup_logging(

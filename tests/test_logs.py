@@ -444,3 +444,16 @@ def test_a_handler_added_by_the_embedding_program_gets_every_session_record(out:
         session_log.removeHandler(keep)
     assert [r.getMessage() for r in keep.records] == ["queued"]
     assert [line["msg"] for line in lines(out)] == ["queued"]
+
+
+def test_a_trouble_repeated_per_message_is_one_line_a_second(out: io.StringIO,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr(logs.time, "monotonic", lambda: now[0])
+    throttle = logs.Throttle(1.0)
+    for _ in range(500):  # the queue away: every message fails within the same second
+        throttle.warning(log, "queue commit failed: %s", "down")
+    now[0] += 1.5
+    throttle.warning(log, "queue commit failed: %s", "down")
+    assert [line["msg"] for line in lines(out)] == [
+        "queue commit failed: down", "queue commit failed: down (and 499 more like it in the last 1 s)"]

@@ -66,6 +66,7 @@ from ..core.events import (
 from ..core.replies import Reply
 from ..core.states import State
 from ..hooks import CommandContext, HookChain, Listeners, Reject, Session
+from ..logs import Throttle
 from ..metrics import instruments
 from ..sink.base import Envelope, MessageWriter, Sink, SinkError, StorageFullError
 from .body import BodyStream
@@ -79,6 +80,7 @@ __all__ = ["SMTPProtocol", "ServerState"]
 
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)
+_QUEUE_TROUBLE = Throttle()  # a queue that is away fails every message: one line a second
 _PID = os.getpid()
 
 
@@ -641,7 +643,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
                 self._size = 0
                 self._envelope = envelope
             except (SinkError, OSError) as exc:
-                log.warning("session %s: queue refused a new message: %s", self.session.id, exc)
+                _QUEUE_TROUBLE.warning(log, "session %s: queue refused a new message: %s", self.session.id, exc)
                 reply = _queue_refusal(exc)
         if reply.is_positive and self.hooks.implements("on_data"):
             self._stream = BodyStream(self.settings.body_stream_limit)
@@ -682,7 +684,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             try:
                 writer.write(event.data)
             except SinkError as exc:
-                log.warning("session %s: queue write failed: %s", self.session.id, exc)
+                _QUEUE_TROUBLE.warning(log, "session %s: queue write failed: %s", self.session.id, exc)
                 self._writer = None
                 self._refusal = _queue_refusal(exc)
                 self.loop.create_task(writer.abort())
@@ -747,7 +749,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         try:
             future = asyncio.ensure_future(writer.commit())
         except (SinkError, OSError) as exc:
-            log.warning("session %s: queue commit failed: %s", self.session.id, exc)
+            _QUEUE_TROUBLE.warning(log, "session %s: queue commit failed: %s", self.session.id, exc)
             self.loop.create_task(_quietly(writer.abort()))
             self._end_message(event, [_queue_refusal(exc)] * due, started)
             return
@@ -768,7 +770,8 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             try:
                 queue_id = future.result()
             except (SinkError, OSError, asyncio.CancelledError) as exc:
-                log.warning("session %s: queue commit failed: %s", self.session.id, exc or type(exc).__name__)
+                _QUEUE_TROUBLE.warning(log, "session %s: queue commit failed: %s", self.session.id,
+                                       exc or type(exc).__name__)
                 self.loop.create_task(_quietly(writer.abort()))
                 replies = [_queue_refusal(exc)] * due
             else:
@@ -785,7 +788,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         assert waiting is not None
         future, event, due, started, writer = waiting
         future.cancel()
-        log.warning("session %s: queue commit failed: no answer within %s s", self.session.id,
+        _QUEUE_TROUBLE.warning(log, "session %s: queue commit failed: no answer within %s s", self.session.id,
                     self.settings.timeouts.sink)
         self.loop.create_task(_quietly(writer.abort()))
         self._end_message(event, [R.QUEUE_UNAVAILABLE] * due, started)
@@ -842,7 +845,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             async with asyncio.timeout(self.settings.timeouts.sink):
                 queue_id = await writer.commit()
         except (TimeoutError, SinkError, OSError) as exc:
-            log.warning("session %s: queue commit failed: %s", self.session.id, exc)
+            _QUEUE_TROUBLE.warning(log, "session %s: queue commit failed: %s", self.session.id, exc)
             await _quietly(writer.abort())
             return [_queue_refusal(exc)] * due
         finally:
