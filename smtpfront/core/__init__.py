@@ -12,8 +12,8 @@ __all__ = ["COMPILED_MODULES", "compiled", "stale_modules"]
 
 #: The modules setup.py compiles: the ones a pipelined transaction runs through (proxy.py
 #: and sasl.py run once per session and stay interpreted).
-COMPILED_MODULES = ("buffer", "commands", "connection", "data", "errors", "events", "grammar", "options",
-                    "replies", "states")
+COMPILED_MODULES = ("buffer", "capabilities", "commands", "connection", "data", "errors", "events", "grammar",
+                    "options", "replies", "states", "tallies")
 
 
 def compiled() -> bool:

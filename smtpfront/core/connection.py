@@ -28,6 +28,7 @@ from typing import Final
 from . import commands as C
 from . import replies as R
 from .buffer import LineTooLong, ReceiveBuffer
+from .capabilities import ehlo_capabilities
 from .data import DataStreamer
 from .errors import LocalProtocolError, RemoteProtocolError
 from .events import (
@@ -58,7 +59,26 @@ from .options import Features, Limits, Policies
 from .proxy import parse_proxy_header
 from .replies import Reply
 from .sasl import Challenge, Done, Mechanism, NeedSecret, ScramSecret, Step, new_mechanism
-from .states import AFTER_CHUNK, AFTER_MESSAGE, COMMAND_STATES, COMMANDS, TRANSACTION, Command, Flag, State
+from .states import (
+    AFTER_CHUNK,
+    AFTER_GREETING,
+    AFTER_MESSAGE,
+    AFTER_PROXY,
+    AFTER_RESET,
+    AFTER_SASL,
+    AFTER_TLS,
+    CHUNK_OCTETS,
+    CLOSED,
+    COMMAND_STATES,
+    COMMANDS,
+    FAILED,
+    SASL_EXCHANGE,
+    TRANSACTION,
+    Command,
+    Flag,
+    State,
+)
+from .tallies import Tallies
 
 __all__ = ["ServerConnection", "NEED_DATA", "PAUSED", "Sentinel"]
 
@@ -162,11 +182,7 @@ class ServerConnection:
         self.auth_failures = 0
         self._sasl_nonce = sasl_nonce
         self._out: list[bytes] = []
-        # Tallies for the adapter's metrics, taken with take_counts(): commands by verb,
-        # replies by verb answered, one counter per reply class (code // 100, 0-5; no key
-        # tuple built per reply). A dict update costs less than a metric.
-        self.command_counts: dict[str, int] = {}
-        self._reply_counts: dict[str, list[int]] = {}
+        self.tallies = Tallies()  # commands and replies, for the adapter's metrics (take_counts)
         # Events made ahead of the one returned (body chunks, a body's end): a list read
         # from _next (list operations compile to C calls; a deque's are method lookups).
         self._events: list[Event] = []
@@ -299,7 +315,7 @@ class ServerConnection:
                 if self._refill():
                     continue
                 if self._eof and state is not _CLOSED:
-                    self.state = _CLOSED
+                    self.state = CLOSED
                     return ConnectionClosed()
                 return NEED_DATA
             if event is not None:
@@ -311,7 +327,7 @@ class ServerConnection:
         self._queue(verb or "UNKNOWN", reply)
         if exc.fatal or reply.code == 421:
             self._close()
-            self.state = _ERROR
+            self.state = FAILED
             raise RemoteProtocolError(reply, fatal=True)
         if reply.code >= 500 and self._count_error():
             raise RemoteProtocolError(R.TOO_MANY_ERRORS, fatal=True)
@@ -328,7 +344,7 @@ class ServerConnection:
 
     def _close(self) -> None:
         self.closing = True
-        self.state = _CLOSED
+        self.state = CLOSED
         self._awaiting = None
 
     # -- command lines ------------------------------------------------------------
@@ -374,12 +390,12 @@ class ServerConnection:
         command = COMMANDS.get(word)
         if command is None and word.isascii():  # verbs are case-insensitive ASCII
             command = COMMANDS.get(word.upper())
-        counts = self.command_counts
+        tallies = self.tallies
         if command is None:
-            counts["UNKNOWN"] = counts.get("UNKNOWN", 0) + 1
+            tallies.command("UNKNOWN")
             raise LocalProtocolError(R.UNRECOGNIZED)
         self._verb = verb = command.verb
-        counts[verb] = counts.get(verb, 0) + 1
+        tallies.command(verb)
         if self._disabled and verb in self._disabled:
             raise LocalProtocolError(R.NOT_IMPLEMENTED)
         if n > self._line_limits[verb]:
@@ -511,7 +527,7 @@ class ServerConnection:
         if name not in mechanisms:
             raise LocalProtocolError(R.AUTH_MECHANISM_UNKNOWN)
         self._mechanism = new_mechanism(name, hostname=self.hostname, nonce=self._sasl_nonce)
-        self.state = _AUTH
+        self.state = SASL_EXCHANGE
         return self._sasl_step(lambda mechanism: mechanism.start(initial))
 
     def _read_sasl(self) -> Event | Sentinel | None:
@@ -554,7 +570,7 @@ class ServerConnection:
 
     def _end_sasl(self) -> None:
         self._mechanism = None
-        self.state = _IDLE
+        self.state = AFTER_SASL
 
     def supply_scram_secret(self, secret: ScramSecret | None) -> None:
         """Answer :class:`AuthSecretNeeded` with the user's stored secret (None: unknown user)."""
@@ -586,7 +602,7 @@ class ServerConnection:
         self._chunk_size = 0
         self._chunk_refusal = refusal
         self._return_state = state
-        self.state = _BDAT
+        self.state = CHUNK_OCTETS
         if refusal is not None:
             return None
         first = state is _RCPT
@@ -668,7 +684,7 @@ class ServerConnection:
             verb = self._verb if command is not _SECRET else "AUTH"
         else:
             verb = "CONNECT" if self.state is _CONNECTED else "NONE"
-        self._count_reply(verb, code)
+        self.tallies.reply(verb, code)
         if code == 421:
             self._close()
             return
@@ -678,7 +694,7 @@ class ServerConnection:
         if command is None:
             if self.state is _CONNECTED:
                 if reply.code == 220:
-                    self.state = _INIT
+                    self.state = AFTER_GREETING
                 else:  # RFC 5321 §3.1: a 554 greeting; we close rather than wait for QUIT
                     self._close()
                 return
@@ -717,8 +733,6 @@ class ServerConnection:
             )
         elif verb == "RSET":
             self._reset_transaction()
-            self.state = _IDLE if self.helo is not None else _INIT
-            return
         elif verb == "AUTH":
             self.authenticated = True
         elif verb == "XCLIENT":
@@ -730,8 +744,9 @@ class ServerConnection:
         elif verb == "QUIT":
             self._close()
             return
-        if command.then is not None:
-            self.state = command.then
+        target = command.target(self.helo is not None)
+        if target is not None:
+            self.state = target
 
     def _body_replied(self, code: int) -> None:
         self._replies_due -= 1
@@ -755,26 +770,17 @@ class ServerConnection:
         self._message_size = 0
         self._body_error = None
         if self.state in TRANSACTION:
-            self.state = _IDLE
+            self.state = AFTER_RESET
 
     def _queue(self, verb: str, reply: Reply) -> None:
         """Queue a reply for the wire and count it under the verb it answers."""
         self._out.append(reply.encode(self._enhanced))
-        self._count_reply(verb, reply.code)
-
-    def _count_reply(self, verb: str, code: int) -> None:
-        row = self._reply_counts.get(verb)
-        if row is None:
-            row = self._reply_counts[verb] = [0, 0, 0, 0, 0, 0]
-        row[code // 100] += 1
+        self.tallies.reply(verb, reply.code)
 
     def take_counts(self) -> tuple[dict[str, int], dict[tuple[str, int], int]]:
         """The tallies since the last call: commands by verb, replies by (verb answered,
         code // 100). The connection starts new ones."""
-        commands, rows = self.command_counts, self._reply_counts
-        self.command_counts, self._reply_counts = {}, {}
-        replies = {(verb, cls): n for verb, row in rows.items() for cls, n in enumerate(row) if n}
-        return commands, replies
+        return self.tallies.take()
 
     def data_to_send(self) -> bytes:
         """Everything queued for the wire since the last call, as one write."""
@@ -797,7 +803,7 @@ class ServerConnection:
         self.tls_active = True
         self.helo, self.esmtp, self._enhanced, self.authenticated = None, False, False, False
         self._reset_transaction()
-        self.state = _INIT
+        self.state = AFTER_TLS
 
     # -- PROXY --------------------------------------------------------------------
 
@@ -808,7 +814,7 @@ class ServerConnection:
             return NEED_DATA
         info, consumed = parsed
         self.buffer.consume(consumed)
-        self.state = _CONNECTED
+        self.state = AFTER_PROXY
         self._early_talk = self.buffer.end > self.buffer.start
         return ProxyHeader(info)
 
@@ -818,35 +824,8 @@ class ServerConnection:
         """The reply to HELO (one line) or EHLO/LHLO (the capability list)."""
         if not event.esmtp:
             return Reply(250, None, f"{self.hostname} {greeting}".rstrip())
-        f, lim = self.features, self.limits
-        caps: list[str] = []
-        if f.pipelining:
-            caps.append("PIPELINING")
-        if f.size:
-            caps.append(f"SIZE {lim.max_message_size}")
-        if f.eightbitmime:
-            caps.append("8BITMIME")
-        if f.smtputf8:
-            caps.append("SMTPUTF8")
-        if f.enhancedstatuscodes:
-            caps.append("ENHANCEDSTATUSCODES")
-        if f.chunking:
-            caps.append("CHUNKING")
-            if f.binarymime:
-                caps.append("BINARYMIME")
-        if f.dsn:
-            caps.append("DSN")
-        if f.starttls and not self.tls_active:
-            caps.append("STARTTLS")
-        if f.auth_mechanisms and not self.authenticated and (self.tls_active or not self.auth_requires_tls):
-            caps.append("AUTH " + " ".join(f.auth_mechanisms))
-        if f.requiretls and self.tls_active:
-            caps.append("REQUIRETLS")
-        caps.append(f"LIMITS RCPTMAX={lim.max_recipients}")  # RFC 9422
-        if f.xclient:
-            caps.append("XCLIENT " + " ".join(sorted(C.XCLIENT_ATTRIBUTES)))
-        if f.xforward:
-            caps.append("XFORWARD " + " ".join(sorted(C.XFORWARD_ATTRIBUTES)))
+        caps = ehlo_capabilities(self.features, self.limits, tls_active=self.tls_active,
+                                 authenticated=self.authenticated, auth_requires_tls=self.auth_requires_tls)
         return R.ehlo_reply(self.hostname, greeting, caps)
 
     def greeting_reply(self, banner: str = "ESMTP smtpfront") -> Reply:

@@ -1,9 +1,9 @@
 """The SMTP/LMTP session state machine, as data.
 
 Rule: everything that decides whether a command is allowed, and where a positive reply
-takes the session, lives in this file's tables (h11 ``_state.py``, Postfix's command
-flags). The connection only looks things up here; a command's handler never checks the
-state itself.
+(or any other event of the session) takes it, lives in this file's tables and constants
+(h11 ``_state.py``, Postfix's command flags). The connection only looks things up here and
+assigns what it found; a command's handler never checks the state itself.
 
 States (RFC 5321 §4.1.4, §3.3; RFC 3030; RFC 4954; RFC 3207):
 
@@ -32,7 +32,10 @@ from typing import Final
 from . import replies as R
 from .replies import Reply
 
-__all__ = ["State", "Flag", "Command", "COMMANDS", "AFTER_MESSAGE", "AFTER_CHUNK", "TRANSACTION"]
+__all__ = [
+    "State", "Flag", "Command", "COMMANDS", "AFTER_MESSAGE", "AFTER_CHUNK", "AFTER_PROXY", "AFTER_GREETING",
+    "AFTER_TLS", "AFTER_SASL", "AFTER_RESET", "CLOSED", "FAILED", "TRANSACTION", "SASL_EXCHANGE", "CHUNK_OCTETS",
+]
 
 
 class State(enum.IntEnum):
@@ -84,6 +87,17 @@ class Command:
     then: State | None
     flags: int = Flag.NONE
     refusals: Mapping[State, Reply] = field(default_factory=dict)
+    # Where a positive reply leads when no HELO/EHLO/LHLO was accepted yet (RSET: back to INIT).
+    then_before_helo: State | None = None
+    # The state while the command's own exchange runs, before its final reply (AUTH: the SASL
+    # lines; BDAT: its chunk's octets).
+    during: State | None = None
+
+    def target(self, helloed: bool) -> State | None:
+        """Where a positive reply takes the session (None: it stays where it is)."""
+        if not helloed and self.then_before_helo is not None:
+            return self.then_before_helo
+        return self.then
 
     def refusal(self, state: State) -> Reply:
         """The reply for this verb arriving in a state that does not allow it."""
@@ -122,9 +136,10 @@ _TABLE = (
     # BDAT's positive reply comes after its chunk; the chunk's own transitions are below.
     Command(
         "BDAT", frozenset({_S.RCPT, _S.BDAT_WAIT}), None, Flag.NEEDS_TLS | Flag.NEEDS_AUTH,
-        {_S.INIT: R.NEED_HELO, _S.IDLE: R.NEED_MAIL, _S.MAIL: R.NEED_RCPT},
+        {_S.INIT: R.NEED_HELO, _S.IDLE: R.NEED_MAIL, _S.MAIL: R.NEED_RCPT}, during=_S.BDAT,
     ),
-    Command("RSET", _GREETED, None),  # RSET's target depends on HELO; see connection
+    # RFC 5321 §4.1.1.5: RSET ends the transaction; before any HELO the session stays unhelloed.
+    Command("RSET", _GREETED, _S.IDLE, then_before_helo=_S.INIT),
     Command("NOOP", _GREETED, None),
     Command("QUIT", _GREETED, _S.CLOSED),
     Command("VRFY", _GREETED, None, Flag.NEEDS_TLS),
@@ -137,7 +152,7 @@ _TABLE = (
     # exchange runs in AUTH (334 challenges are the core's); its final reply returns to IDLE.
     Command(
         "AUTH", frozenset({_S.IDLE}), _S.IDLE, Flag.LAST | Flag.LONG_LINE | Flag.NEEDS_TLS,
-        {_S.INIT: R.NEED_HELO, **{s: R.AUTH_IN_TRANSACTION for s in TRANSACTION}},
+        {_S.INIT: R.NEED_HELO, **{s: R.AUTH_IN_TRANSACTION for s in TRANSACTION}}, during=_S.AUTH,
     ),
     # Postfix XCLIENT_README: not inside a transaction; success restarts the session (220).
     Command(
@@ -153,6 +168,30 @@ _TABLE = (
 
 COMMANDS: Final[dict[str, Command]] = {c.verb: c for c in _TABLE}
 
+
+def _during(verb: str) -> State:
+    state = COMMANDS[verb].during
+    if state is None:
+        raise AssertionError(f"{verb} has no exchange state in the table")
+    return state
+
+
+# The exchanges' states, from the table: AUTH's SASL lines, BDAT's chunk octets.
+SASL_EXCHANGE: Final = _during("AUTH")
+CHUNK_OCTETS: Final = _during("BDAT")
+
+# Where the session goes on what is not a command's positive reply (the rest is in _TABLE):
+# the PROXY header read (the greeting comes next), the 220 greeting sent, the STARTTLS
+# handshake done (RFC 3207 §4.2: a new session), a SASL exchange ended (its final reply is
+# AUTH's), a transaction reset (RSET, HELO, STARTTLS, the end of a message), the session
+# closed (QUIT, 421, EOF), and a fatal protocol error.
+AFTER_PROXY: Final = State.CONNECTED
+AFTER_GREETING: Final = State.INIT
+AFTER_TLS: Final = State.INIT
+AFTER_SASL: Final = State.IDLE
+AFTER_RESET: Final = State.IDLE
+CLOSED: Final = State.CLOSED
+FAILED: Final = State.ERROR
 # Where the session goes after the reply that ends a message (DATA end, BDAT LAST):
 # RFC 5321 §4.1.1.4 — accepted or not, the transaction is over.
 AFTER_MESSAGE: Final = State.IDLE
