@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -146,6 +147,19 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], env: 
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("smtpfront consume: ") and said in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_a_taken_metrics_address_exits_1_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        done = subprocess.run([sys.executable, "-m", "smtpfront", "consume", "--queue", "redis://127.0.0.1:1/0",
+                               "--metrics-listen", address, "--maildir", str(tmp_path / "M")],
+                              cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert f"smtpfront consume: --metrics-listen: cannot serve metrics on {address}" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
 
 
 # -- issue 14 item 4: metrics, graceful stop, --workers -------------------------------------------
