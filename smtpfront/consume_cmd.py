@@ -8,8 +8,8 @@ Configuration is ``serve``'s (:func:`smtpfront.config.load_config`): ``--config 
 warning naming its replacement; the replacement wins when both are set.
 
 Concurrency: ``--workers N`` (``consumer.workers``, 16) deliveries in flight at once, in one
-process and one event loop: entries are read (or claimed) N at a time, delivered
-concurrently and acknowledged together. The handlers wait on I/O (a Maildir's fsyncs run in
+process and one event loop: entries are read (or claimed) as slots free up, each delivered on
+its own, and those finished meanwhile acknowledged together. The handlers wait on I/O (a Maildir's fsyncs run in
 an executor; ``--exec`` runs each delivery in a child process), so one process keeps N of
 them busy with one Redis connection and one set of metrics; for more CPU, run more
 consumers (replicas) in the same group.
