@@ -8,8 +8,8 @@ Configuration is ``serve``'s (:func:`smtpfront.config.load_config`): ``--config 
 warning naming its replacement; the replacement wins when both are set.
 
 Concurrency: ``--workers N`` (``consumer.workers``, 16) deliveries in flight at once, in one
-process and one event loop: entries are read (or claimed) N at a time, delivered
-concurrently and acknowledged together. The handlers wait on I/O (a Maildir's fsyncs run in
+process and one event loop: entries are read (or claimed) as slots free up, each delivered on
+its own, and those finished meanwhile acknowledged together. The handlers wait on I/O (a Maildir's fsyncs run in
 an executor; ``--exec`` runs each delivery in a child process), so one process keeps N of
 them busy with one Redis connection and one set of metrics; for more CPU, run more
 consumers (replicas) in the same group.
@@ -22,7 +22,8 @@ grace period) stays pending and is delivered again (at least once).
 
 ``--metrics-listen HOST:PORT`` (``consumer.metrics_listen``) serves ``/metrics`` (see
 :mod:`smtpfront.consumer_metrics`), ``/healthz`` (200 while the process runs) and ``/readyz``
-(503 once stopping). Bad input exits 2 with one line on standard error.
+(503 once stopping). Bad input exits 2 with one line on standard error; a metrics address
+that cannot be bound exits 1.
 """
 
 from __future__ import annotations
@@ -151,8 +152,9 @@ async def _consume(config: Config, handler: Handler) -> int:
         health = metrics.HealthServer(host, port, ready=lambda: not stopping.is_set(), registry=registry)
         try:
             health.start()
-        except OSError as exc:
-            return _fail(f"--metrics-listen: {exc.strerror or exc}")
+        except OSError as exc:  # the address is taken or not ours: not bad input, exit 1
+            print(f"smtpfront consume: --metrics-listen: {exc.strerror or exc}", file=sys.stderr)
+            return 1
     try:
         try:
             consumer = Consumer(

@@ -13,7 +13,13 @@ with its ``origin_id``, ``reason`` and ``deliveries``.
 
 At least once means handlers must tolerate duplicates: an ``XACK`` lost with the
 connection, or a handler running longer than ``claim_idle_ms`` (another consumer then
-claims the entry), delivers a message twice.
+claims the entry; this consumer does not start its own running delivery again), delivers
+a message twice.
+
+Deliveries run concurrently, at most ``batch`` at once: an entry is read (or claimed) when a
+slot is free and delivered in a task of its own; the deliveries that finished meanwhile are
+acknowledged together, in one script call (the next round takes those that finish during
+it). :meth:`Consumer.stop` reads nothing new and waits for the deliveries in hand.
 
 Redis errors never end :meth:`Consumer.run`: it logs, backs off (0.1 s doubling to 5 s),
 reconnects and recreates a vanished group (``NOGROUP`` after a Redis restart) itself.
@@ -46,7 +52,7 @@ import logging
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from redis.asyncio.sentinel import Sentinel
@@ -125,6 +131,9 @@ class _Stream:
     name: str
     dead: str
     group_ready: bool = False
+    held: set[bytes] = field(default_factory=set)  # ids delivered by this consumer, not yet acknowledged
+    acks: list[tuple[bytes, BodyRef | None]] = field(default_factory=list)  # delivered, to acknowledge
+    acking: bool = False  # a flush of ``acks`` is running
 
 
 class Consumer:
@@ -139,10 +148,11 @@ class Consumer:
         stream: the stream the front end writes (sharded: the prefix of ``STREAM:{i}``).
         group: the consumer group; created when missing (on every shard stream).
         name: this consumer's name in the group; ``None`` is ``<hostname>-<pid>``.
-        batch: entries read (or claimed) per round trip; a batch is handled concurrently,
-            so at most this many deliveries are in flight (``consume --workers``).
+        batch: deliveries in flight at once (``consume --workers``): entries are read (or
+            claimed) as slots are free, each delivered on its own, and those that finished
+            meanwhile are acknowledged together in one call.
         block_ms: how long one ``XREADGROUP`` waits for new entries; :meth:`stop` takes
-            at most this long plus the current batch.
+            at most this long plus the deliveries in hand.
         claim_idle_ms: pending entries idle this long are claimed and delivered again.
             Must exceed the longest handler run, or live work is delivered twice.
         max_deliveries: deliveries before an entry goes to the dead-letter stream.
@@ -204,9 +214,12 @@ class Consumer:
         self._redis: Client | None = None
         self._sentinel: Sentinel | None = None
         self._xackdel: bool | None = None  # the server has XACKDEL (asked once per connection)
+        self._tasks: set[asyncio.Task[None]] = set()  # deliveries in flight
+        self._slot_freed = asyncio.Event()
 
     def stop(self) -> None:
-        """Make :meth:`run` return after the current batch (at once if called before it).
+        """Make :meth:`run` return once the deliveries in hand are done and acknowledged (at
+        once if called before it); no new entry is read or claimed meanwhile.
 
         Call it from the event loop's thread (a signal handler added with
         ``loop.add_signal_handler`` is). With shards, every shard's loop stops.
@@ -226,9 +239,32 @@ class Consumer:
                 await self._loop(self._streams[0], handler)
             else:
                 await asyncio.gather(*(self._loop(s, handler) for s in self._streams))
+        except asyncio.CancelledError:
+            for task in self._tasks:
+                task.cancel()
+            raise
         finally:
             self._stop.clear()  # a stop() before run() counts; one after it returned does not
-            await self._disconnect()
+            try:
+                await self._finish()
+            finally:
+                await self._disconnect()
+
+    async def _finish(self) -> None:
+        """Wait for the deliveries in hand, then acknowledge what is still to be acknowledged."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for stream in self._streams:
+            if stream.acks and not stream.acking:
+                await self._flush(stream)
+
+    async def _slots(self) -> int:
+        """Free delivery slots; while none is, wait for one (or for :meth:`stop`)."""
+        while len(self._tasks) >= self.batch and not self._stop.is_set():
+            self._slot_freed.clear()
+            with contextlib.suppress(TimeoutError):  # re-checked at least every 0.2 s (stop)
+                await asyncio.wait_for(self._slot_freed.wait(), 0.2)
+        return 0 if self._stop.is_set() else self.batch - len(self._tasks)
 
     async def _loop(self, stream: _Stream, handler: Handler) -> None:
         loop = asyncio.get_running_loop()
@@ -245,6 +281,8 @@ class Consumer:
                     next_claim = loop.time() + self.claim_idle_ms / 2000
                 if not self._stop.is_set():
                     await self._read(stream, handler)
+                if stream.acks and not stream.acking:  # left by a failed flush
+                    await self._flush(stream)
                 backoff = _BACKOFF_MIN
                 continue
             except ResponseError as exc:
@@ -293,11 +331,12 @@ class Consumer:
         """Take over entries idle for ``claim_idle_ms`` (a crashed consumer's, or failed ones)."""
         client = self._client()
         cursor: bytes | str = "0-0"
-        while not self._stop.is_set():
+        while free := await self._slots():
             reply: Any = await client.xautoclaim(
-                stream.name, self.group, self.name, self.claim_idle_ms, cursor, count=self.batch
+                stream.name, self.group, self.name, self.claim_idle_ms, cursor, count=free
             )
-            cursor, entries = reply[0], [(i, f) for i, f in reply[1] if f is not None]
+            # One of our own deliveries running past claim_idle_ms is claimed too: it is not started twice.
+            cursor, entries = reply[0], [(i, f) for i, f in reply[1] if f is not None and i not in stream.held]
             if entries:
                 # The claim raised each entry's delivery count; XPENDING tells it.
                 async with client.pipeline(transaction=False) as pipe:
@@ -306,33 +345,80 @@ class Consumer:
                     pending = await pipe.execute()
                 counts = {p["message_id"]: int(p["times_delivered"]) for rows in pending for p in rows}
                 log.info("claimed %d idle entries on %s", len(entries), stream.name)
-                await self._handle(stream, [(i, f, counts[i]) for i, f in entries if i in counts], handler)
+                self._dispatch(stream, [(i, f, counts[i]) for i, f in entries if i in counts], handler)
             if cursor in (b"0-0", "0-0"):
                 return
 
     async def _read(self, stream: _Stream, handler: Handler) -> None:
+        free = await self._slots()
+        if not free:
+            return
         reply: Any = await self._client().xreadgroup(
-            self.group, self.name, {stream.name: ">"}, count=self.batch, block=self.block_ms
+            self.group, self.name, {stream.name: ">"}, count=free, block=self.block_ms
         )
         for _stream, entries in reply or ():
-            await self._handle(stream, [(i, f, 1) for i, f in entries], handler)
+            self._dispatch(stream, [(i, f, 1) for i, f in entries], handler)
 
-    async def _handle(
+    def _dispatch(
         self, stream: _Stream, entries: list[tuple[bytes, dict[bytes, bytes], int]], handler: Handler
     ) -> None:
-        """Deliver a batch concurrently, then ``XACK`` the delivered ones in one call (which
-        also deletes the chunk keys of the large ones)."""
-        results = await asyncio.gather(*(self._deliver(stream, *e, handler) for e in entries), return_exceptions=True)
-        done = [r for r in results if isinstance(r, tuple)]
-        if done:
-            client = self._client()
-            if self._xackdel is None:
-                self._xackdel = await has_xackdel(client, stream.name, self.group)
-            acknowledged, _ = await acknowledge(client, stream.name, self.group, done, xackdel=self._xackdel)
-            self._observer.delivered(acknowledged)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result  # a Redis error while dead-lettering: the loop backs off
+        """Start one delivery task per entry (the caller took the slots from :meth:`_slots`)."""
+        for entry_id, fields, deliveries in entries:
+            stream.held.add(entry_id)
+            task = asyncio.create_task(self._delivery(stream, entry_id, fields, deliveries, handler))
+            self._tasks.add(task)
+            task.add_done_callback(self._delivered)
+
+    def _delivered(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slot_freed.set()
+
+    async def _delivery(
+        self, stream: _Stream, entry_id: bytes, fields: dict[bytes, bytes], deliveries: int, handler: Handler
+    ) -> None:
+        """One entry: deliver it, then acknowledge it with whatever else finished meanwhile."""
+        try:
+            done = await self._deliver(stream, entry_id, fields, deliveries, handler)
+        except (RedisError, RedisClusterException, OSError) as exc:  # reading its body, dead-lettering it
+            log.warning("redis unavailable while delivering %s: %s; it stays pending", entry_id.decode(), exc)
+            done = None
+        except Exception:
+            log.exception("unexpected error delivering %s; it stays pending", entry_id.decode())
+            done = None
+        except asyncio.CancelledError:  # run() was cancelled: the entry stays pending
+            stream.held.discard(entry_id)
+            raise
+        if done is None:
+            stream.held.discard(entry_id)
+            return
+        stream.acks.append(done)
+        if not stream.acking:
+            await self._flush(stream)
+
+    async def _flush(self, stream: _Stream) -> None:
+        """``XACK`` what finished, one call per round (deliveries finishing meanwhile join the
+        next round); the call also deletes the entries no group needs, and their chunk keys.
+        A Redis error keeps them for the next flush: they stay pending until then."""
+        stream.acking = True
+        try:
+            while stream.acks:
+                done, stream.acks = stream.acks, []
+                try:
+                    client = self._client()
+                    if self._xackdel is None:
+                        self._xackdel = await has_xackdel(client, stream.name, self.group)
+                    acknowledged, _ = await acknowledge(client, stream.name, self.group, done,
+                                                        xackdel=self._xackdel)
+                except (RedisError, RedisClusterException, OSError) as exc:
+                    stream.acks[:0] = done
+                    log.warning("redis unavailable while acknowledging %d entries on %s: %s; retrying later",
+                                len(done), stream.name, exc)
+                    return
+                for entry_id, _ in done:
+                    stream.held.discard(entry_id)
+                self._observer.delivered(acknowledged)
+        finally:
+            stream.acking = False
 
     async def _deliver(
         self, stream: _Stream, entry_id: bytes, fields: dict[bytes, bytes], deliveries: int, handler: Handler

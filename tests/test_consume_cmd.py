@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -148,6 +149,19 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], env: 
     assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1, done.stderr
 
 
+def test_a_taken_metrics_address_exits_1_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        done = subprocess.run([sys.executable, "-m", "smtpfront", "consume", "--queue", "redis://127.0.0.1:1/0",
+                               "--metrics-listen", address, "--maildir", str(tmp_path / "M")],
+                              cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert f"smtpfront consume: --metrics-listen: cannot serve metrics on {address}" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
 # -- issue 14 item 4: metrics, graceful stop, --workers -------------------------------------------
 
 def scrape(port: int) -> dict[str, float]:
@@ -194,6 +208,11 @@ HELD = ('touch "$0/$SMTPFRONT_QUEUE_ID.started"; i=0; while [ ! -e "$0/release" 
         '"$0/$SMTPFRONT_QUEUE_ID"')
 
 
+def blocked_readers(server: RedisServer) -> list[dict[str, object]]:
+    with redis.Redis.from_url(server.url) as client:
+        return [c for c in client.client_list() if "b" in str(c.get("flags", ""))]
+
+
 def test_sigterm_finishes_the_delivery_in_hand(redis_server: RedisServer, tmp_path: Path) -> None:
     out, port, log = tmp_path / "out", free_port(), tmp_path / "consume.log"
     out.mkdir()
@@ -204,7 +223,10 @@ def test_sigterm_finishes_the_delivery_in_hand(redis_server: RedisServer, tmp_pa
         wait("the delivery started", lambda: (out / "held.started").exists(), proc, log)
         proc.send_signal(signal.SIGTERM)
         wait("/readyz 503 while stopping", lambda: http_get(port, "/readyz")[0] == 503, proc, log)
-        xadd(redis_server, "smtpfront:inbound", "late")  # arrives while stopping: left for the next consumer
+        # A read waiting when the signal came ends within block_ms (what it returns is delivered
+        # too); after it, nothing is read: an entry added now is left for the next consumer.
+        wait("no read waiting", lambda: not blocked_readers(redis_server), proc, log)
+        xadd(redis_server, "smtpfront:inbound", "late")
         assert proc.poll() is None  # still busy with the delivery in hand
         (out / "release").touch()
         assert proc.wait(timeout=TIMEOUT) == 0, log.read_text()
@@ -235,3 +257,26 @@ def test_workers_is_the_number_of_deliveries_in_flight(redis_server: RedisServer
         assert stop(proc, log) == 0
     assert sorted(p.name for p in out.iterdir() if "." not in p.name and p.name != "release") == \
         ["m0", "m1", "m2", "m3"]
+
+
+def test_a_slow_delivery_holds_one_slot_only(redis_server: RedisServer, tmp_path: Path) -> None:
+    """--workers 2: while one delivery waits, the other slot keeps delivering and acknowledging."""
+    out, port, log = tmp_path / "out", free_port(), tmp_path / "consume.log"
+    out.mkdir()
+    slow_only = ('if [ "$SMTPFRONT_QUEUE_ID" = slow ]; then i=0; while [ ! -e "$0/release" ] && [ $i -lt 400 ]; '
+                 'do sleep 0.05; i=$((i+1)); done; fi; cat > "$0/$SMTPFRONT_QUEUE_ID"')
+    args = ["--queue", redis_server.url, "--block-ms", "200", "--metrics-listen", f"127.0.0.1:{port}",
+            "--workers", "2", "--log-format", "plain", "--exec", "sh", "-c", slow_only, str(out)]
+    with consume(args, log) as proc:
+        wait("/healthz", lambda: http_get(port, "/healthz")[0] == 200, proc, log)
+        for queue_id in ("slow", "q1", "q2", "q3"):
+            xadd(redis_server, "smtpfront:inbound", queue_id)
+        wait("three delivered past the slow one",
+             lambda: scrape(port).get("smtpfront_consumer_delivered_total") == 3, proc, log)
+        assert scrape(port)["smtpfront_consumer_inflight"] == 1 and not (out / "slow").exists()
+        with redis.Redis.from_url(redis_server.url) as client:
+            assert client.xpending("smtpfront:inbound", "smtpfront")["pending"] == 1  # the others acknowledged
+        (out / "release").touch()
+        wait("the slow one delivered", lambda: scrape(port).get("smtpfront_consumer_delivered_total") == 4, proc, log)
+        assert stop(proc, log) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["q1", "q2", "q3", "release", "slow"]

@@ -31,6 +31,7 @@ import pytest
 import yaml
 
 from smtpfront import __version__, config
+from smtpfront.cli import build_parser
 
 from .support import CHART, DEPLOY, TIMEOUT, tool
 
@@ -39,7 +40,8 @@ KUBE_VERSIONS = ("1.25", "1.37")  # Chart.yaml kubeVersion >=1.25; the newest sc
 RELEASE, NAMESPACE = "mx", "mail"
 FULLNAME = "mx-smtpfront"
 # values file → workers per pod the chart must choose
-WORKERS = {"defaults": 1, "tls": 1, "hpa": 2, "servicemonitor": 4, "existing-secrets": 1, "haproxy": 1}
+WORKERS = {"defaults": 1, "tls": 1, "hpa": 2, "servicemonitor": 4, "existing-secrets": 1, "haproxy": 1,
+           "consumer": 1}
 SECRET = "from-a-secret"  # stands in for a secretKeyRef's value
 
 DURATION = {"type": "string", "pattern": "^([0-9]+(ms|s|m|h))+$"}
@@ -385,6 +387,10 @@ BAD_VALUES = [
     ({"tls": {"enabled": True}}, "/tls/cert"),
     ({"service": {"type": "Ingress"}}, "/service/type"),
     ({"workers": None, "resources": {"requests": {"cpu": None}}}, "cpu"),
+    ({"config": {"consumer": {"workers": 0}}}, "workers"),
+    ({"config": {"consumer": {"metrics_listen": "0.0.0.0:1"}}}, "metrics_listen"),  # the chart sets it
+    ({"consumer": {"enabled": True, "args": ["--maildir", "/m"], "metricsPort": "9103"}}, "/consumer/metricsPort"),
+    ({"consumer": {"enabled": True, "args": "--maildir /m"}}, "/consumer/args"),
 ]
 
 
@@ -399,7 +405,7 @@ def test_wrong_values_fail_through_the_schema(chart: helm.Chart, bad: dict[str, 
 
 # Keys the chart sets itself, so values.schema.json leaves them out of `config`.
 CHART_OWNED = {"workers", "queue", "listen", "listeners.address", "metrics.listen", "metrics.agent_check_listen",
-               "tls.cert_file", "tls.key_file", "supervisor.graceful_timeout"}
+               "tls.cert_file", "tls.key_file", "supervisor.graceful_timeout", "consumer.metrics_listen"}
 
 
 def schema_of_keys() -> dict[str, dict[str, Any]]:
@@ -449,3 +455,72 @@ def test_the_schema_covers_every_configuration_key_with_its_type() -> None:
 def test_the_chart_ships_this_version_of_smtpfront(chart: helm.Chart) -> None:
     assert chart.metadata["appVersion"] == __version__
     assert chart.values["image"]["tag"] == ""  # the appVersion is the default tag
+
+
+# -- the consumer Deployment (smtpfront consume) ---------------------------------------------------
+
+CONSUMER = f"{FULLNAME}-consumer"
+
+
+def test_the_consumer_is_off_by_default(chart: helm.Chart) -> None:
+    release = render(chart, "defaults")
+    assert [d["metadata"]["name"] for d in release.all("Deployment")] == [FULLNAME]
+    assert "consumer" not in tomllib.loads(release.get("ConfigMap", FULLNAME)["data"]["smtpfront.toml"])
+
+
+def test_the_consumer_deployment(chart: helm.Chart, tmp_path: Path) -> None:
+    release = render(chart, "consumer")
+    deployment = release.get("Deployment", CONSUMER)
+    container, pod = release.container(CONSUMER), deployment["spec"]["template"]["spec"]
+    assert deployment["spec"]["replicas"] == 2
+
+    # `consume --config FILE` + the values' args, accepted by smtpfront's own parser.
+    assert container["args"] == ["consume", "--config", "/etc/smtpfront/smtpfront.toml", "--maildir",
+                                 "/var/mail/smtpfront"]
+    args = build_parser().parse_args(container["args"])
+    assert (args.command, args.maildir) == ("consume", "/var/mail/smtpfront")
+    assert args.config == "/etc/smtpfront/smtpfront.toml"
+
+    # The same ConfigMap and queue credentials as the smtpfront pods; check-config accepts the
+    # file in the consumer's environment, with the consumer's keys and the chart's metrics address.
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert volumes[mounts["/etc/smtpfront"]]["configMap"]["name"] == FULLNAME
+    env = pod_env(container)
+    assert env["SMTPFRONT_QUEUE"] == pod_env(release.container())["SMTPFRONT_QUEUE"] == \
+        f"redis://:{SECRET}@redis.mail.svc:6379/0"
+    effective = check_config(release.get("ConfigMap", FULLNAME)["data"]["smtpfront.toml"], env, tmp_path)
+    consumer = effective["consumer"]
+    assert (consumer["group"], consumer["workers"], consumer["exec_timeout"]) == ("maildir", 4, 30.0)
+    assert config.parse_address(consumer["metrics_listen"])[1] == port_of(container, "metrics") == 9103
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == "9103"
+
+    # The Maildir is on the claimed volume (the root filesystem is read-only); the deliveries
+    # in hand get their time on SIGTERM.
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert volumes[mounts["/var/mail/smtpfront"]]["persistentVolumeClaim"]["claimName"] == "smtpfront-mail"
+    assert pod["terminationGracePeriodSeconds"] > consumer["exec_timeout"] + consumer["block_ms"] / 1000
+    assert container["resources"]["requests"] == {"cpu": "100m", "memory": "128Mi"}
+
+    # Its pods are none of the smtpfront Services', budget's or policy's; their own policy opens
+    # the metrics port only.
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    for kind, name, path in [("Service", FULLNAME, ("spec", "selector")),
+                             ("Service", f"{FULLNAME}-pods", ("spec", "selector")),
+                             ("PodDisruptionBudget", FULLNAME, ("spec", "selector", "matchLabels")),
+                             ("NetworkPolicy", FULLNAME, ("spec", "podSelector", "matchLabels"))]:
+        selector = release.get(kind, name)
+        for key in path:
+            selector = selector[key]
+        assert not selector.items() <= labels.items(), f"{kind}/{name} selects the consumer pods"
+    policy = release.get("NetworkPolicy", CONSUMER)["spec"]
+    assert policy["podSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert [p["port"] for rule in policy["ingress"] for p in rule["ports"]] == [9103]
+
+
+def test_an_enabled_consumer_needs_its_target(chart: helm.Chart) -> None:
+    with pytest.raises(Exception, match=r"consumer\.args: say where mail goes"):
+        chart.render({"consumer": {"enabled": True}}, name=RELEASE, namespace=NAMESPACE)

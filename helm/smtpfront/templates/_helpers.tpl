@@ -34,6 +34,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: smtpfront
 {{- end }}
 
+{{/* Selector labels of the consumer pods (smtpfront consume). */}}
+{{- define "smtpfront.consumerSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "smtpfront.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: consumer
+{{- end }}
+
 {{/* Selector labels of the HAProxy pods. */}}
 {{- define "smtpfront.haproxySelectorLabels" -}}
 app.kubernetes.io/name: {{ include "smtpfront.name" . }}
@@ -76,6 +83,20 @@ app.kubernetes.io/component: haproxy
 
 {{- define "smtpfront.redisPasswordKey" -}}
 {{- if .Values.queue.existingSecret }}{{ .Values.queue.existingSecretKey }}{{ else }}redis-password{{ end }}
+{{- end }}
+
+{{/* REDIS_PASSWORD and SMTPFRONT_QUEUE (the URL with it) for the serve and consume containers. */}}
+{{- define "smtpfront.queueEnv" -}}
+{{- if include "smtpfront.redisPassword" . }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "smtpfront.redisSecret" . }}
+      key: {{ include "smtpfront.redisPasswordKey" . }}
+# The queue URL with the password, expanded by the kubelet; it overrides the file's.
+- name: SMTPFRONT_QUEUE
+  value: {{ regexReplaceAll "^([a-z+]+://)" .Values.queue.url (printf "${1}%s:$$(REDIS_PASSWORD)@" .Values.queue.username) | quote }}
+{{- end }}
 {{- end }}
 
 {{- define "smtpfront.redisPassword" -}}
@@ -129,6 +150,11 @@ queue, listeners, [metrics], the certificate files, the graceful timeout).
 {{- $_ = set $tls "cert_file" (printf "%s/tls.crt" (include "smtpfront.tlsDir" .)) }}
 {{- $_ = set $tls "key_file" (printf "%s/tls.key" (include "smtpfront.tlsDir" .)) }}
 {{- $_ = set $c "tls" $tls }}
+{{- end }}
+{{- if .Values.consumer.enabled }}
+{{- $consumer := deepCopy (default (dict) $c.consumer) }}
+{{- $_ = set $consumer "metrics_listen" (printf "%s:%d" .Values.bindAddress (int .Values.consumer.metricsPort)) }}
+{{- $_ = set $c "consumer" $consumer }}
 {{- end }}
 {{- if .Values.haproxy.enabled }}
 {{- $trust := deepCopy (default (dict) $c.trust) }}
