@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .aio.server import Listener
-from .aio.sessionlog import log_sessions
+from .aio.sessionlog import count_rejections, log_sessions
 from .aio.settings import ListenerSettings
 from .aio.tls import server_context
 from .config import REDIS_SCHEMES, Config, ConfigError, ListenerConfig, PluginConfig, needs_auth
@@ -115,6 +115,8 @@ def listener_settings(config: Config, listener: ListenerConfig, context: ssl.SSL
         xclient_networks=config.trust.xclient, xforward_networks=config.trust.xforward,
         max_clients=listener.max_clients, reverse_lookup=config.reverse_lookup,
         buffer_size=lim.buffer_size, body_stream_limit=lim.body_stream_limit,
+        idle_commands=lim.idle_commands, session_duration=lim.session_duration,
+        messages_per_session=lim.messages_per_session,
     )
 
 
@@ -192,6 +194,7 @@ def assemble(config: Config, *, sink: Sink | None = None, hooks: HookChain | Non
     for sock in inherited.values():
         sock.close()  # an address the configuration no longer has
     events = Listeners()
+    count_rejections(events)
     if config.logging.sessions:
         log_sessions(events)
     return Assembly(config, listeners, sink if sink is not None else build_sink(config),

@@ -62,6 +62,7 @@ from ..core.states import State
 from ..hooks import CommandContext, HookChain, Listeners, Reject, Session
 from ..metrics import instruments
 from ..sink.base import Envelope, MessageWriter, Sink, SinkError, StorageFullError
+from . import budgets
 from .body import BodyStream
 from .sessionlog import debug_command, debug_enabled, debug_replies
 from .settings import ListenerSettings, in_networks
@@ -573,6 +574,9 @@ class SMTPProtocol(asyncio.BufferedProtocol):
                             event.hostname, apply=apply)
 
     def _on_mail(self, event: MailFrom) -> Coroutine[Any, Any, None] | None:
+        self._idle_commands = 0  # a transaction starts: the idle-command run ends
+        if self.loop.time() - self._accepted > self.settings.session_duration:
+            return self._over_budget(budgets.SESSION_TOO_LONG)
         if self.state.sink.full:
             # Load shedding (DESIGN rule 5): the queue is past its high-water mark. RFC 5321
             # §4.2.2: 452 "insufficient system storage" asks the client to retry later.
@@ -598,7 +602,22 @@ class SMTPProtocol(asyncio.BufferedProtocol):
 
     def _on_simple(self, event: Event) -> Coroutine[Any, Any, None] | None:
         verb, reply = _SIMPLE[type(event)]
+        if verb != "QUIT":
+            self._idle_commands += 1
+            if self._idle_commands > self.settings.idle_commands:
+                return self._over_budget(budgets.TOO_MANY_IDLE_COMMANDS)
+            if self.loop.time() - self._accepted > self.settings.session_duration:
+                return self._over_budget(budgets.SESSION_TOO_LONG)
         return self._answer(verb, event, reply, None, apply=self._after_rset if verb == "RSET" else None)
+
+    _idle_commands = 0  # RSET/NOOP/VRFY/HELP since the last MAIL
+    _messages = 0  # messages accepted in this session
+
+    def _over_budget(self, reply: Reply) -> Coroutine[Any, Any, None] | None:
+        """A session budget is spent: 421 (the core closes after it), one reject line; nothing to await."""
+        self.conn.send(reply)
+        self._emit("reject", self.session, reply)
+        return None
 
     def _after_rset(self, reply: Reply, _: object) -> None:
         if reply.is_positive:
@@ -723,6 +742,10 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             self.session.reset_transaction()
             if self._draining:
                 self.conn.send(R.SHUTTING_DOWN)
+            elif replies[0].is_positive and self.settings.messages_per_session:
+                self._messages += 1
+                if self._messages >= self.settings.messages_per_session:
+                    self._over_budget(budgets.TOO_MANY_MESSAGES)
         self._touch()
 
     # -- the commit without a task: a callback on the sink's future, the connection's deadline --
