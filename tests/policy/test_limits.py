@@ -21,7 +21,7 @@ from smtpfront.policy.limits import ClientLimits, client_key
 from smtpfront.policy.limits_local import LocalCounters
 
 from ..aio.conftest import Client
-from ..conftest import RedisServer, free_port
+from ..conftest import RedisClusterNodes, RedisServer, free_port
 from .support import TIMEOUT, Served, retry
 
 pytestmark = pytest.mark.wire
@@ -300,3 +300,32 @@ def test_config_keys() -> None:
         load_config(None, env={}, overrides={"client_limits.ipv6_prefix": 129})
     with pytest.raises(ConfigError, match=r"client_limits\.redis"):
         load_config(None, env={}, overrides={"client_limits.redis": "maildir:/x"})
+
+
+def test_the_counts_work_in_a_redis_cluster(redis_cluster: RedisClusterNodes) -> None:
+    """A cluster URL: each script's one key is hash-tagged by client, so any node's slot serves it."""
+    from smtpfront.sink.redis_limits import RedisCounters
+
+    clients = [f"198.51.100.{i}" for i in range(12)]  # spread over the three masters' slots
+
+    async def run() -> None:
+        store = RedisCounters(redis_cluster.url())
+        try:
+            for client in clients:
+                assert [await store.acquire(f"{{{client}}}:conn", f"m{i}", 2, 60) for i in range(3)] == [
+                    True, True, False]
+                await store.release(f"{{{client}}}:conn", "m0")
+                assert await store.acquire(f"{{{client}}}:conn", "m3", 2, 60)
+                assert [await store.add(f"{{{client}}}:mr", 1, 60) for _ in range(3)] == [1, 2, 3]
+        finally:
+            await store.close()
+
+    asyncio.run(run())
+    slots = {keyslot(f"smtpfront:limits:{{{c}}}:conn") for c in clients}
+    assert len({slot * 3 // 16384 for slot in slots}) > 1  # the clients did land on more than one master
+
+
+def keyslot(key: str) -> int:
+    from redis.crc import key_slot
+
+    return int(key_slot(key.encode()))
