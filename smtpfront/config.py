@@ -118,7 +118,7 @@ class LimitsConfig:
     early_talkers: Literal["reject", "accept"] = "reject"
     buffer_size: int = _f(64 * 1024, min=1024)
     body_stream_limit: int = _f(1024 * 1024, min=1)
-    # Session budgets (421 past them): RSET/NOOP/VRFY/HELP in a row without a transaction
+    # Session budgets (421 past them): RSET/NOOP/VRFY/HELP/EHLO in a row without a transaction
     # (Postfix's smtpd_junk_command_limit), the session's age at a command, accepted messages.
     idle_commands: int = _f(100, min=1)
     session_duration: float = _f(3600.0, gt=0)  # seconds; the next command past it gets 421 4.4.2

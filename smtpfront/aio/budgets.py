@@ -1,8 +1,10 @@
 """Session budgets (``[limits]`` ``idle_commands``, ``session_duration``, ``messages_per_session``).
 
 Checked where the commands they count are handled (``protocol.py``: ``_on_simple``,
-``_on_mail``, ``_end_message``), so a message under the budgets costs one counter and no
-timer: a session's age is read only when RSET/NOOP/VRFY/HELP or MAIL arrives. Past a budget
+``_on_helo``, ``_on_mail``, ``_end_message``), so a message under the budgets costs one counter
+and no timer: a session's age is read only when RSET/NOOP/VRFY/HELP, HELO/EHLO or MAIL arrives.
+Idle commands are RSET, NOOP, VRFY, HELP and HELO/EHLO (Postfix's junk commands are NOOP, VRFY,
+ETRN and RSET; a client repeating EHLO is stalling just the same); MAIL ends a run. Past a budget
 the client gets a ``421`` and the connection closes (RFC 5321 §3.8: the server may close after
 a 421). The replies are policy refusals (``smtpfront_policy_rejections_total{reason}``).
 """

@@ -564,6 +564,10 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         return None if self._greet_now() else self._open_session()
 
     def _on_helo(self, event: Helo) -> Coroutine[Any, Any, None] | None:
+        refusal = self._idle_command()
+        if refusal is not None:
+            return self._over_budget(refusal)
+
         def apply(reply: Reply, _: object) -> None:
             if reply.is_positive:
                 self.session.helo, self.session.esmtp = event.hostname, event.esmtp
@@ -603,15 +607,22 @@ class SMTPProtocol(asyncio.BufferedProtocol):
     def _on_simple(self, event: Event) -> Coroutine[Any, Any, None] | None:
         verb, reply = _SIMPLE[type(event)]
         if verb != "QUIT":
-            self._idle_commands += 1
-            if self._idle_commands > self.settings.idle_commands:
-                return self._over_budget(budgets.TOO_MANY_IDLE_COMMANDS)
-            if self.loop.time() - self._accepted > self.settings.session_duration:
-                return self._over_budget(budgets.SESSION_TOO_LONG)
+            refusal = self._idle_command()
+            if refusal is not None:
+                return self._over_budget(refusal)
         return self._answer(verb, event, reply, None, apply=self._after_rset if verb == "RSET" else None)
 
     _idle_commands = 0  # RSET/NOOP/VRFY/HELP since the last MAIL
     _messages = 0  # messages accepted in this session
+
+    def _idle_command(self) -> Reply | None:
+        """RSET/NOOP/VRFY/HELP or HELO/EHLO: one more in the run without MAIL; the budget it spends."""
+        self._idle_commands += 1
+        if self._idle_commands > self.settings.idle_commands:
+            return budgets.TOO_MANY_IDLE_COMMANDS
+        if self.loop.time() - self._accepted > self.settings.session_duration:
+            return budgets.SESSION_TOO_LONG
+        return None
 
     def _over_budget(self, reply: Reply) -> Coroutine[Any, Any, None] | None:
         """A session budget is spent: 421 (the core closes after it), one reject line; nothing to await."""

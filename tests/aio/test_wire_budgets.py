@@ -28,8 +28,8 @@ def budget(**changes: object) -> Callable[[SMTPServer], None]:
 def test_idle_commands_up_to_the_budget_are_answered(start_server: StartServer, sent: int) -> None:
     server = start_server(setup=budget(idle_commands=N))
     with Client(server.port) as c:
-        c.greet()
-        for verb in (["NOOP", "RSET", "HELP", "VRFY someone"] * N)[:sent]:
+        c.greet()  # EHLO is one
+        for verb in (["NOOP", "RSET", "HELP", "VRFY someone"] * N)[:sent - 1]:
             assert c.cmd(verb).code in (250, 214, 252)
         assert send_message(c).code == 250  # MAIL ends the run: the budget starts again
         for _ in range(N):
@@ -41,10 +41,21 @@ def test_one_idle_command_past_the_budget_closes_the_session(start_server: Start
     server = start_server(setup=budget(idle_commands=N))
     with Client(server.port) as c:
         c.greet()
-        for _ in range(N):
+        for _ in range(N - 1):
             assert c.cmd("RSET").code == 250
         r = c.cmd("NOOP")
         assert (r.code, r.enhanced) == (421, "4.7.0") and "without a transaction" in r.text
+        assert c.closed()
+
+
+def test_repeated_ehlo_is_idle_too(start_server: StartServer) -> None:
+    server = start_server(setup=budget(idle_commands=N))
+    with Client(server.port) as c:
+        c.expect(220)
+        for _ in range(N):
+            assert c.ehlo().code == 250
+        r = c.cmd("EHLO client.test")
+        assert (r.code, r.enhanced) == (421, "4.7.0")
         assert c.closed()
 
 

@@ -7,7 +7,9 @@ store that Maildir uses."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import smtplib
+import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -329,3 +331,54 @@ def keyslot(key: str) -> int:
     from redis.crc import key_slot
 
     return int(key_slot(key.encode()))
+
+
+def test_session_budgets_from_serves_configuration(served: type[Served]) -> None:
+    """[limits] idle_commands and messages_per_session reach serve's workers; each refusal counts by
+    reason and writes one reject line."""
+    server = served('''
+        queue = "maildir:{spool}"
+        [[listeners]]
+        address = "127.0.0.1:{port}"
+        tls = "none"
+        [limits]
+        idle_commands = 3
+        messages_per_session = 2
+    ''')
+    with Client(server.port) as c:
+        c.greet()  # EHLO, then two more
+        assert [c.cmd("NOOP").code, c.cmd("RSET").code] == [250, 250]
+        r = c.cmd("NOOP")
+        assert (r.code, r.enhanced) == (421, "4.7.0") and c.closed()
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=TIMEOUT) as smtp:
+        for _ in range(2):
+            assert smtp.sendmail("s@example.org", ["r@example.com"], b"Subject: t\r\n\r\nx\r\n") == {}
+        # The 421 came right after the second 250: smtplib reads it as the next MAIL's reply.
+        with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+            smtp.sendmail("s@example.org", ["r@example.com"], b"Subject: t\r\n\r\nx\r\n")
+        assert (refused.value.smtp_code, refused.value.smtp_error) == (
+            421, b"4.7.0 Error: too many messages in one session, closing connection")
+    assert len(server.queued()) == 2
+    for reason in ("idle_commands", "messages_per_session"):
+        name = f'smtpfront_policy_rejections_total{{reason="{reason}"}}'
+        retry(lambda name=name: _equal(metric(server, name), 1))
+
+    def logged() -> None:
+        lines = server.log.read_text().splitlines()
+        assert len([line for line in lines if "reason=idle_commands" in line]) == 1
+        assert len([line for line in lines if "reason=messages_per_session" in line]) == 1
+    retry(logged)
+
+
+@pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks is not installed")
+def test_swaks_meets_the_message_rate(serve: Two, redis_server: RedisServer) -> None:
+    a = serve("message_rate = 2", redis_server.url)
+
+    def swaks() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["swaks", "--server", f"127.0.0.1:{a.port}", "--timeout", "10", "--from", "s@example.org",
+                               "--to", "r@example.com", "--helo", "client.test"],
+                              capture_output=True, text=True, timeout=30, check=False)
+
+    assert [swaks().returncode for _ in range(2)] == [0, 0]
+    refused = swaks()
+    assert refused.returncode != 0 and "450 4.7.1 Error: too much mail from your address" in refused.stdout
