@@ -117,6 +117,8 @@ def serve(args: argparse.Namespace) -> int:
         build_sink(config)  # a queue this worker cannot serve fails here, before any fork
     except (SinkError, ValueError) as exc:
         raise SystemExit(f"smtpfront: --queue: {exc}") from None
+    for warning in config_warnings(config):  # before binding: a listener that cannot bind still gets them
+        log.warning(warning)
     instance = InstanceLock()  # held until the master exits; its workers inherit it
     try:
         for listener in config.listeners:
@@ -128,8 +130,6 @@ def serve(args: argparse.Namespace) -> int:
         check_plugins(config)  # every plugin imports and builds (the credentials file is read)
     except ConfigError as exc:
         raise SystemExit(f"smtpfront: configuration: {exc}") from None
-    for warning in config_warnings(config):
-        log.warning(warning)
     if not core.compiled():
         log.warning("the protocol core is not compiled (installed without a C compiler, or with "
                     "SMTPFRONT_PURE_PYTHON=1): it runs interpreted, about half as fast")
