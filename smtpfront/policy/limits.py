@@ -25,7 +25,9 @@ The counters live in a :class:`CounterStore`: the assembly passes the queue's Re
 TTLs, one atomic script per check, ``sink/redis_limits.py``) or, with Maildir, a file shared by
 the host's workers (:class:`~smtpfront.policy.limits_local.LocalCounters`). A store that fails
 or does not answer within ``timeout`` lets the client through: a limiter must never stop mail.
-Each such check calls ``report`` (the assembly counts it in
+For ``PAUSE`` seconds after a failure the checks do not wait for the store at all (a Redis that
+black-holes packets must not add ``timeout`` to every command); giving a slot back is still
+tried. Each check let through calls ``report`` (the assembly counts it in
 ``smtpfront_client_limits_errors_total``) and one WARNING line per minute says so.
 """
 
@@ -37,9 +39,9 @@ import ipaddress
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from ..core.events import Address, MailParams, RcptParams, SaslCredentials
 from ..core.replies import Reply
@@ -53,6 +55,7 @@ T = TypeVar("T")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 MINUTE, HOUR = 60.0, 3600.0
 LOG_EVERY = 60.0  # seconds between two "store unreachable" lines of one worker
+PAUSE = 5.0  # after a failed check, the next ones let clients through at once for this long
 
 TOO_MANY_CONNECTIONS = rejection_reason(
     Reply(421, "4.7.0", "Error: too many connections from your address, try again later"), "client_connections")
@@ -148,6 +151,7 @@ class ClientLimits(Hooks):
         self._failures = 0
         self._logged_at = -LOG_EVERY
         self._counting: set[asyncio.Task[int | None]] = set()
+        self._paused_until = 0.0
 
     # -- the client's name ------------------------------------------------------------------
 
@@ -180,8 +184,8 @@ class ClientLimits(Hooks):
 
     async def on_close(self, session: Session) -> None:
         held = session.data.pop("client-limits", None)
-        if isinstance(held, _Held):
-            await self._ask(self.store.release(held.key, held.member))
+        if isinstance(held, _Held):  # tried even while paused: the client is gone, nobody waits
+            await self._ask(self.store.release(held.key, held.member), always=True)
 
     async def on_auth(self, session: Session, credentials: SaslCredentials) -> bool | Reply | None:
         if self.auth_failures:
@@ -218,7 +222,11 @@ class ClientLimits(Hooks):
 
     # -- a store that fails lets mail through ---------------------------------------------------
 
-    async def _ask(self, work: Awaitable[T]) -> T | None:
+    async def _ask(self, work: Coroutine[Any, Any, T], always: bool = False) -> T | None:
+        if not always and time.monotonic() < self._paused_until:
+            work.close()
+            self._failed(None)
+            return None
         try:
             async with asyncio.timeout(self.timeout):
                 return await work
@@ -228,11 +236,14 @@ class ClientLimits(Hooks):
             self._failed(exc)
             return None
 
-    def _failed(self, exc: BaseException) -> None:
+    def _failed(self, exc: BaseException | None) -> None:
         self._failures += 1
         if self._report is not None:
             self._report()
         now = time.monotonic()
+        if exc is None:
+            return  # paused: the failure that paused the checks was logged
+        self._paused_until = now + PAUSE
         if now - self._logged_at >= LOG_EVERY:
             log.warning("client limits: the counter store failed (%s: %s); letting clients through "
                         "(%d failed checks since the last such line)", type(exc).__name__, exc or "no answer",

@@ -19,6 +19,8 @@ import pytest
 import redis
 
 from smtpfront.config import ConfigError, load_config
+from smtpfront.core.events import Address, MailParams
+from smtpfront.hooks import Session
 from smtpfront.policy.limits import ClientLimits, client_key
 from smtpfront.policy.limits_local import LocalCounters
 
@@ -382,3 +384,45 @@ def test_swaks_meets_the_message_rate(serve: Two, redis_server: RedisServer) -> 
     assert [swaks().returncode for _ in range(2)] == [0, 0]
     refused = swaks()
     assert refused.returncode != 0 and "450 4.7.1 Error: too much mail from your address" in refused.stdout
+
+
+class _Hanging:
+    """A store that never answers (a Redis behind a black hole)."""
+
+    calls = 0
+
+    async def acquire(self, key: str, member: str, limit: int, hold: float) -> bool:
+        await self._hang()
+        return True
+
+    async def release(self, key: str, member: str) -> None:
+        await self._hang()
+
+    async def add(self, key: str, amount: int, window: float) -> int:
+        await self._hang()
+        return 0
+
+    async def close(self) -> None:
+        return None
+
+    async def _hang(self) -> None:
+        self.calls += 1
+        await asyncio.sleep(3600)
+
+
+def test_a_store_that_does_not_answer_is_waited_for_once_then_skipped_for_a_while() -> None:
+    store, reported = _Hanging(), []
+    limits = ClientLimits(message_rate=1, timeout=0.3, store=store, report=lambda: reported.append(1))
+    session = Session(id="s1", client_address="198.51.100.1", client_port=1)
+
+    async def run() -> list[float]:
+        took = []
+        for _ in range(3):
+            started = time.monotonic()
+            assert await limits.on_mail_from(session, Address("a", "example.org"), MailParams()) is None
+            took.append(time.monotonic() - started)
+        return took
+
+    took = asyncio.run(run())
+    assert took[0] >= 0.25 and max(took[1:]) < took[0]  # waited once, then let through at once
+    assert store.calls == 1 and len(reported) == 3
