@@ -612,7 +612,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
                 return self._over_budget(refusal)
         return self._answer(verb, event, reply, None, apply=self._after_rset if verb == "RSET" else None)
 
-    _idle_commands = 0  # RSET/NOOP/VRFY/HELP since the last MAIL
+    _idle_commands = 0  # RSET/NOOP/VRFY/HELP and HELO/EHLO since the last MAIL
     _messages = 0  # messages accepted in this session
 
     def _idle_command(self) -> Reply | None:
