@@ -12,9 +12,15 @@ What each operator setting means for the protocol:
   listener still handshakes), ``AUTH`` (no mechanisms), ``BDAT`` (no CHUNKING/BINARYMIME).
 - ``listeners[].mode = "submission"`` requires AUTH when ``auth.methods`` are configured.
 - ``trust.proxy`` applies only to listeners with ``proxy_protocol``.
-- The hook chain is the plugins, in this order: ``[auth] backend`` (the built-in
+- The hook chain is the plugins, in this order: ``[client_limits]`` (``client-limits``, first:
+  it must see every AUTH before a backend decides it), ``[auth] backend`` (the built-in
   ``auth-file`` or ``auth-dovecot``), ``[policy] domains`` (``relay-policy``), then each
   ``[[plugins]]`` table; each is built as ``server.use(...)`` would add it.
+- ``[client_limits]`` counts in ``client_limits.redis``, else in the queue's Redis when ``queue``
+  is a Redis URL (either in any topology: one server, Sentinel or Cluster), else in
+  ``state_file`` (the host's workers); its
+  slots are held at most ``limits.session_duration`` + 60 s; a store that fails is counted in
+  ``smtpfront_client_limits_errors_total``, and a ``535`` reply counts as a failed AUTH.
 """
 
 from __future__ import annotations
@@ -25,12 +31,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .aio.server import Listener
-from .aio.sessionlog import log_sessions
+from .aio.sessionlog import count_rejections, log_sessions
 from .aio.settings import ListenerSettings
 from .aio.tls import server_context
 from .config import REDIS_SCHEMES, Config, ConfigError, ListenerConfig, PluginConfig, needs_auth
 from .core.options import Features, Limits, Policies
 from .hooks import HookChain, Listeners
+from .metrics import instruments
+from .policy.limits import ClientLimits
 from .policy.registry import PluginError, build
 from .sink.base import Envelope, Sink, SinkError
 from .sink.trace import received_header
@@ -115,13 +123,22 @@ def listener_settings(config: Config, listener: ListenerConfig, context: ssl.SSL
         xclient_networks=config.trust.xclient, xforward_networks=config.trust.xforward,
         max_clients=listener.max_clients, reverse_lookup=config.reverse_lookup,
         buffer_size=lim.buffer_size, body_stream_limit=lim.body_stream_limit,
+        idle_commands=lim.idle_commands, session_duration=lim.session_duration,
+        messages_per_session=lim.messages_per_session,
     )
 
 
 def plugin_specs(config: Config) -> list[tuple[str, PluginConfig]]:
     """The plugins ``config`` asks for, in chain order, each with the key that configured it."""
     out: list[tuple[str, PluginConfig]] = []
-    a, p = config.auth, config.policy
+    a, p, c = config.auth, config.policy, config.client_limits
+    if c.enabled:
+        out.append(("client_limits", PluginConfig("client-limits", {
+            "connections": c.connections, "connection_rate": c.connection_rate, "message_rate": c.message_rate,
+            "recipient_rate": c.recipient_rate, "auth_failures": c.auth_failures, "ipv6_prefix": c.ipv6_prefix,
+            "exempt": [str(n) for n in c.exempt], "state_file": c.state_file, "timeout": c.timeout,
+            "hold": config.limits.session_duration + 60,
+        })))
     if a.backend == "file":
         out.append(("auth.backend", PluginConfig("auth-file", {"file": a.file})))
     elif a.backend == "dovecot":
@@ -139,12 +156,32 @@ def build_hooks(config: Config) -> HookChain:
     """The hook chain ``config`` describes (:func:`plugin_specs`); raises PluginError naming the plugin."""
     chain = HookChain()
     for where, spec in plugin_specs(config):
-        plugin = build(where, spec.use, spec.options)
+        plugin = build(where, spec.use, {**spec.options, **_objects(config, where)})
         try:
             chain.use(plugin, name=f"{plugin.name or type(plugin).__name__}#{where}")
         except (TypeError, ValueError) as exc:
             raise PluginError(where, f"{spec.use!r}: {exc}") from None
     return chain
+
+
+def _objects(config: Config, where: str) -> dict[str, object]:
+    """What a built-in plugin's configuration cannot say in TOML: the client limits' store and metric."""
+    if where != "client_limits":
+        return {}
+    store = None
+    url = config.client_limits.redis or (config.queue if config.queue.partition(":")[0] in REDIS_SCHEMES else None)
+    if url is not None:
+        from .sink.redis_limits import RedisCounters
+
+        try:
+            store = RedisCounters(url, timeout=config.client_limits.timeout)
+        except ValueError as exc:
+            raise PluginError("client_limits.redis" if config.client_limits.redis else "queue", str(exc)) from None
+    return {"store": store, "report": _store_failed}
+
+
+def _store_failed() -> None:
+    instruments().limiter_errors.inc()
 
 
 def check(config: Config) -> HookChain:
@@ -192,7 +229,11 @@ def assemble(config: Config, *, sink: Sink | None = None, hooks: HookChain | Non
     for sock in inherited.values():
         sock.close()  # an address the configuration no longer has
     events = Listeners()
+    count_rejections(events)
     if config.logging.sessions:
         log_sessions(events)
-    return Assembly(config, listeners, sink if sink is not None else build_sink(config),
-                    hooks if hooks is not None else build_hooks(config), events)
+    chain = hooks if hooks is not None else build_hooks(config)
+    for plugin in chain.plugins:
+        if isinstance(plugin, ClientLimits):
+            events.on("reject", plugin.rejected)  # a 535 is a failed AUTH, whoever decided it
+    return Assembly(config, listeners, sink if sink is not None else build_sink(config), chain, events)

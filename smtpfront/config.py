@@ -51,7 +51,8 @@ from urllib.parse import urlsplit
 
 __all__ = [
     "Config", "ListenerConfig", "LimitsConfig", "TimeoutsConfig", "TlsConfig", "AuthConfig", "TrustConfig",
-    "FeaturesConfig", "PolicyConfig", "PluginConfig", "RedisConfig", "MaildirConfig", "MetricsConfig",
+    "FeaturesConfig", "PolicyConfig", "ClientLimitsConfig", "PluginConfig", "RedisConfig", "MaildirConfig",
+    "MetricsConfig",
     "LoggingConfig", "SupervisorConfig", "ConsumerConfig", "ConfigError", "load_config", "render", "parse_address",
     "env_name", "keys", "warnings", "auth_socket", "needs_auth",
     "ENV_ALIASES", "REDIS_SCHEMES", "QUEUE_SCHEMES", "AUTH_METHODS",
@@ -125,6 +126,11 @@ class LimitsConfig:
     early_talkers: Literal["reject", "accept"] = "reject"
     buffer_size: int = _f(64 * 1024, min=1024)
     body_stream_limit: int = _f(1024 * 1024, min=1)
+    # Session budgets (421 past them): RSET/NOOP/VRFY/HELP/EHLO in a row without a transaction
+    # (Postfix's smtpd_junk_command_limit), the session's age at a command, accepted messages.
+    idle_commands: int = _f(100, min=1)
+    session_duration: float = _f(3600.0, gt=0)  # seconds; the next command past it gets 421 4.4.2
+    messages_per_session: int = _f(0, min=0)  # 0 = unlimited
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +212,28 @@ class PolicyConfig:
     domains: tuple[str, ...] = ()  # mail for these domains is taken from anyone; () = every recipient
     relay_networks: tuple[Network, ...] = _f((), kind="networks")  # clients that may relay elsewhere
     recipients: str | None = _f(None, nonempty=True)  # "file:PATH": the only local addresses taken
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLimitsConfig:
+    """Per-client limits shared by every worker and pod (the built-in client-limits plugin, when any
+    limit is above 0; 0 = no limit). Counted in the queue's Redis, or with Maildir in ``state_file``."""
+
+    connections: int = _f(0, min=0)  # concurrent connections per client; past it 421 4.7.0
+    connection_rate: int = _f(0, min=0)  # new connections per client per minute; past it 421 4.7.0
+    message_rate: int = _f(0, min=0)  # MAIL per client per minute; past it 450 4.7.1
+    recipient_rate: int = _f(0, min=0)  # RCPT per client per minute; past it 452 4.5.3
+    auth_failures: int = _f(0, min=0)  # failed AUTH per client per hour; then AUTH gets 421 4.7.0
+    ipv6_prefix: int = _f(64, min=1)  # IPv6 clients are counted per prefix of this length (<= 128)
+    exempt: tuple[Network, ...] = _f((), kind="networks")  # clients never limited
+    redis: str | None = _f(None, nonempty=True)  # a Redis URL for the counts; unset: the queue's, if Redis
+    state_file: str | None = _f(None, nonempty=True)  # without Redis: the host's shared SQLite file
+    timeout: float = _f(0.5, gt=0)  # seconds a check waits for its store; then the client is let through
+
+    @property
+    def enabled(self) -> bool:
+        return any((self.connections, self.connection_rate, self.message_rate, self.recipient_rate,
+                    self.auth_failures))
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +331,7 @@ class Config:
     tls: TlsConfig = field(default_factory=TlsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    client_limits: ClientLimitsConfig = field(default_factory=ClientLimitsConfig)
     trust: TrustConfig = field(default_factory=TrustConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
@@ -674,6 +703,11 @@ def _check_auth(c: Config) -> None:
                 raise ConfigError("policy.recipients", f'expected "file:PATH", got {_show(item)}')
             if item.startswith("file:") and not item[5:].strip():
                 raise ConfigError(f"policy.{key}", 'expected "file:PATH" with a path')
+    if c.client_limits.ipv6_prefix > 128:
+        raise ConfigError("client_limits.ipv6_prefix", "expected a prefix length from 1 to 128")
+    if c.client_limits.redis is not None and c.client_limits.redis.partition(":")[0] not in REDIS_SCHEMES:
+        raise ConfigError("client_limits.redis", f"expected a Redis URL ({', '.join(REDIS_SCHEMES)}), "
+                                                 f"got {_show(c.client_limits.redis)}")
     if c.policy.recipients is not None and not c.policy.domains:
         raise ConfigError("policy.recipients", "needs policy.domains (the domains whose users it lists)")
 

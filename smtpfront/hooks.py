@@ -28,8 +28,24 @@ from .core.sasl import ScramSecret
 
 __all__ = [
     "Reject", "Session", "Recipient", "Hooks", "IncomingMessage", "CommandContext", "Middleware",
-    "HookChain", "Listeners", "HOOK_NAMES", "LISTENER_EVENTS",
+    "HookChain", "Listeners", "HOOK_NAMES", "LISTENER_EVENTS", "rejection_reason", "reason_of",
 ]
+
+
+_REASONS: dict[Reply, str] = {}
+
+
+def rejection_reason(reply: Reply, reason: str) -> Reply:
+    """Name ``reply`` a policy refusal: when a session gets it, it counts in
+    ``smtpfront_policy_rejections_total{reason}`` and its session-log line says ``reason``.
+    Replies are told apart by their wire text (code, enhanced code and text). Returns ``reply``."""
+    _REASONS[reply] = reason
+    return reply
+
+
+def reason_of(reply: Reply) -> str | None:
+    """The reason :func:`rejection_reason` gave ``reply`` (None: not a policy refusal)."""
+    return _REASONS.get(reply)
 
 
 class Reject(Exception):

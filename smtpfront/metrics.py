@@ -93,6 +93,8 @@ class Metrics:
     inflight_bytes: Gauge
     greeting_seconds: Histogram
     worker_restarts: Counter
+    policy_rejections: Counter
+    limiter_errors: Counter
 
     def __init__(self) -> None:
         from prometheus_client import Counter, Gauge, Histogram
@@ -150,6 +152,14 @@ class Metrics:
             p + "greeting_seconds", "Connection accepted to greeting sent.", buckets=LATENCY_BUCKETS, registry=None
         )
         self.worker_restarts = Counter(p + "worker_restarts", "Workers respawned by the master.", registry=None)
+        self.policy_rejections = Counter(
+            p + "policy_rejections", "Refusals by policy (client limits, session budgets, relay, AUTH), by reason.",
+            ["reason"], registry=None,
+        )
+        self.limiter_errors = Counter(
+            p + "client_limits_errors", "Client-limit checks that could not reach their store (mail let through).",
+            registry=None,
+        )
 
 
 def metrics() -> Metrics:
@@ -418,6 +428,8 @@ class Instruments:
         self.replies: Any = m.replies if m else off  # families: children are bound by aio/tally.py
         self.commands: Any = m.commands if m else off
         self.sessions: Any = m.sessions if m else off
+        self.policy_rejections: Any = m.policy_rejections if m else off  # children bound per reason
+        self.limiter_errors: Any = m.limiter_errors if m else off
 
     def flush(self) -> None:
         """Add the held per-message updates to the shared metrics."""

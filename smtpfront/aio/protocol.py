@@ -69,6 +69,7 @@ from ..hooks import CommandContext, HookChain, Listeners, Reject, Session
 from ..logs import Throttle
 from ..metrics import instruments
 from ..sink.base import Envelope, MessageWriter, Sink, SinkError, StorageFullError
+from . import budgets
 from .body import BodyStream
 from .sessionlog import debug_command, debug_enabled, debug_replies
 from .settings import ListenerSettings, in_networks
@@ -571,6 +572,10 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         return None if self._greet_now() else self._open_session()
 
     def _on_helo(self, event: Helo) -> Coroutine[Any, Any, None] | None:
+        refusal = self._idle_command()
+        if refusal is not None:
+            return self._over_budget(refusal)
+
         def apply(reply: Reply, _: object) -> None:
             if reply.is_positive:
                 self.session.helo, self.session.esmtp = event.hostname, event.esmtp
@@ -581,6 +586,9 @@ class SMTPProtocol(asyncio.BufferedProtocol):
                             event.hostname, apply=apply)
 
     def _on_mail(self, event: MailFrom) -> Coroutine[Any, Any, None] | None:
+        self._idle_commands = 0  # a transaction starts: the idle-command run ends
+        if self.loop.time() - self._accepted > self.settings.session_duration:
+            return self._over_budget(budgets.SESSION_TOO_LONG)
         if self.state.sink.full:
             # Load shedding (DESIGN rule 5): the queue is past its high-water mark. RFC 5321
             # §4.2.2: 452 "insufficient system storage" asks the client to retry later.
@@ -606,7 +614,29 @@ class SMTPProtocol(asyncio.BufferedProtocol):
 
     def _on_simple(self, event: Event) -> Coroutine[Any, Any, None] | None:
         verb, reply = _SIMPLE[type(event)]
+        if verb != "QUIT":
+            refusal = self._idle_command()
+            if refusal is not None:
+                return self._over_budget(refusal)
         return self._answer(verb, event, reply, None, apply=self._after_rset if verb == "RSET" else None)
+
+    _idle_commands = 0  # RSET/NOOP/VRFY/HELP and HELO/EHLO since the last MAIL
+    _messages = 0  # messages accepted in this session
+
+    def _idle_command(self) -> Reply | None:
+        """RSET/NOOP/VRFY/HELP or HELO/EHLO: one more in the run without MAIL; the budget it spends."""
+        self._idle_commands += 1
+        if self._idle_commands > self.settings.idle_commands:
+            return budgets.TOO_MANY_IDLE_COMMANDS
+        if self.loop.time() - self._accepted > self.settings.session_duration:
+            return budgets.SESSION_TOO_LONG
+        return None
+
+    def _over_budget(self, reply: Reply) -> Coroutine[Any, Any, None] | None:
+        """A session budget is spent: 421 (the core closes after it), one reject line; nothing to await."""
+        self.conn.send(reply)
+        self._emit("reject", self.session, reply)
+        return None
 
     def _after_rset(self, reply: Reply, _: object) -> None:
         if reply.is_positive:
@@ -731,6 +761,10 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             self.session.reset_transaction()
             if self._draining:
                 self.conn.send(R.SHUTTING_DOWN)
+            elif replies[0].is_positive and self.settings.messages_per_session:
+                self._messages += 1
+                if self._messages >= self.settings.messages_per_session:
+                    self._over_budget(budgets.TOO_MANY_MESSAGES)
         self._touch()
 
     # -- the commit without a task: a callback on the sink's future, the connection's deadline --

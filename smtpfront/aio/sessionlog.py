@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import logging
 
+from ..core import replies as R
 from ..core.events import BdatChunk, BodyChunk, BodyEnd, Event, Helo, MailFrom, RcptTo, Rejected
 from ..core.replies import Reply
-from ..hooks import Listeners, Session
+from ..hooks import Listeners, Session, reason_of, rejection_reason
 from ..logs import SessionLogger, sanitize
+from ..metrics import instruments
 from ..sink.base import Envelope
 
-__all__ = ["debug_command", "debug_replies", "debug_enabled", "log_sessions"]
+__all__ = ["debug_command", "debug_replies", "debug_enabled", "log_sessions", "count_rejections"]
+
+rejection_reason(R.AUTH_FAILED, "auth_failed")  # a wrong password (535 5.7.8), whichever backend said so
 
 _log = logging.getLogger("smtpfront.session")
 
@@ -55,7 +59,20 @@ def _on_mail(session: Session, envelope: Envelope, queue_id: str) -> None:
 
 
 def _on_reject(session: Session, reply: Reply) -> None:
-    _logger(session).event("reject", code=reply.code, enhanced=reply.enhanced, text=sanitize(reply.text))
+    reason = reason_of(reply)
+    extra = {"reason": reason} if reason is not None else {}
+    _logger(session).event("reject", code=reply.code, enhanced=reply.enhanced, text=sanitize(reply.text), **extra)
+
+
+def _count_rejection(session: Session, reply: Reply) -> None:
+    reason = reason_of(reply)
+    if reason is not None:
+        instruments().policy_rejections.labels(reason).inc()
+
+
+def count_rejections(listeners: Listeners) -> None:
+    """Count policy refusals (replies named by :func:`smtpfront.hooks.rejection_reason`) by reason."""
+    listeners.on("reject", _count_rejection)
 
 
 def _on_close(session: Session) -> None:

@@ -76,6 +76,9 @@ class ListenerSettings:
     reverse_lookup: bool = False
     buffer_size: int = 64 * 1024
     body_stream_limit: int = 1024 * 1024  # octets buffered for a slow on_data consumer
+    idle_commands: int = 100  # RSET/NOOP/VRFY/HELP/EHLO in a row without MAIL; then 421 4.7.0
+    session_duration: float = 3600.0  # seconds; the next command past it gets 421 4.4.2
+    messages_per_session: int = 0  # accepted messages, then 421 4.7.0; 0 = unlimited
 
     def features_for(self, client_address: str) -> Features:
         """The features one connection offers: STARTTLS and XCLIENT/XFORWARD depend on it."""

@@ -2,7 +2,7 @@
 
 ``use`` is either ``"package.module:Factory"`` (any callable returning a ``Hooks``: usually the
 class itself) or a name registered under the entry-point group ``smtpfront.plugins`` (the
-built-ins ``auth-file``, ``auth-dovecot`` and ``relay-policy`` are registered there, and known
+built-ins ``auth-file``, ``auth-dovecot``, ``relay-policy`` and ``client-limits`` are registered there, and known
 here too, so a checkout that was not reinstalled still finds them). ``options`` are passed as
 keyword arguments. Every failure is a :class:`PluginError` naming the plugin: ``check-config``
 exits 2 with it and ``serve`` refuses to start.
@@ -30,6 +30,7 @@ BUILTINS: Mapping[str, str] = {
     "auth-file": "smtpfront.policy.auth_file:FileAuth",
     "auth-dovecot": "smtpfront.policy.auth_dovecot:DovecotAuth",
     "relay-policy": "smtpfront.policy.relay:RelayPolicy",
+    "client-limits": "smtpfront.policy.limits:ClientLimits",
 }
 _TARGET = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 

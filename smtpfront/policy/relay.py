@@ -21,12 +21,12 @@ from collections.abc import Iterable, Sequence
 
 from ..core.events import Address, RcptParams
 from ..core.replies import Reply
-from ..hooks import Hooks, Session
+from ..hooks import Hooks, Session, rejection_reason
 
 __all__ = ["RelayPolicy", "RELAY_DENIED", "UNKNOWN_USER"]
 
-RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
-UNKNOWN_USER = Reply(550, "5.1.1", "Recipient address rejected: user unknown")
+RELAY_DENIED = rejection_reason(Reply(554, "5.7.1", "Relay access denied"), "relay_denied")
+UNKNOWN_USER = rejection_reason(Reply(550, "5.1.1", "Recipient address rejected: user unknown"), "unknown_recipient")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 

@@ -60,7 +60,7 @@ def test_a_configuration_with_the_scrape_jobs_is_valid(tmp_path: Path) -> None:
     }))
     done = promtool("check", "config", str(config))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 28 rules found" in done.stdout, done.stdout
+    assert "SUCCESS: 31 rules found" in done.stdout, done.stdout
 
 
 def test_a_real_scrape_passes_promtool_check_metrics(tmp_path: Path) -> None:
