@@ -21,6 +21,7 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from .aio.budget import MemoryBudget
 from .aio.server import Listener
 from .aio.sessionlog import log_sessions
 from .aio.settings import ListenerSettings
@@ -28,10 +29,13 @@ from .aio.tls import server_context
 from .config import REDIS_SCHEMES, Config, ListenerConfig
 from .core.options import Features, Limits, Policies
 from .hooks import HookChain, Listeners
+from .metrics import instruments
 from .sink.base import Envelope, Sink, SinkError
 from .sink.trace import received_header
 
-__all__ = ["Assembly", "assemble", "build_sink", "features", "listener_settings", "tls_context", "trace"]
+__all__ = [
+    "Assembly", "assemble", "build_sink", "features", "listener_settings", "memory_budget", "tls_context", "trace",
+]
 
 
 def build_sink(config: Config) -> Sink:
@@ -84,8 +88,18 @@ def features(config: Config, listener: ListenerConfig) -> Features:
     )
 
 
-def listener_settings(config: Config, listener: ListenerConfig, context: ssl.SSLContext | None) -> ListenerSettings:
-    """What one listener's connections are built from."""
+def memory_budget(config: Config) -> MemoryBudget:
+    """A worker's one budget for message octets in memory (``limits.memory_budget``), exported
+    as ``smtpfront_memory_budget_bytes`` and ``smtpfront_memory_held_bytes``."""
+    m = instruments()
+    m.memory_budget.set(config.limits.memory_budget)
+    return MemoryBudget(config.limits.memory_budget, m.memory_held)
+
+
+def listener_settings(config: Config, listener: ListenerConfig, context: ssl.SSLContext | None,
+                      budget: MemoryBudget | None = None) -> ListenerSettings:
+    """What one listener's connections are built from; ``budget`` is the worker's, shared by
+    all its listeners (a new one when not given)."""
     lim = config.limits
     offered = features(config, listener)
     return ListenerSettings(
@@ -108,6 +122,7 @@ def listener_settings(config: Config, listener: ListenerConfig, context: ssl.SSL
         xclient_networks=config.trust.xclient, xforward_networks=config.trust.xforward,
         max_clients=listener.max_clients, reverse_lookup=config.reverse_lookup,
         buffer_size=lim.buffer_size, body_stream_limit=lim.body_stream_limit,
+        budget=budget if budget is not None else memory_budget(config),
     )
 
 
@@ -134,10 +149,11 @@ def assemble(config: Config, *, sink: Sink | None = None, hooks: HookChain | Non
     ``config.queue`` names), the hook chain and the session events (the session log when
     ``logging.sessions``). Raises SinkError or ValueError (a TLS file that cannot be used)."""
     context = tls_context(config)
+    budget = memory_budget(config)  # one per worker: every listener's connections share it
     inherited = {sock.getsockname()[:2]: sock for sock in sockets}
     listeners = [
-        Listener(listener_settings(config, item, context), host=item.host, port=item.port, reuse_port=reuse_port,
-                 sock=inherited.pop((item.host, item.port), None))
+        Listener(listener_settings(config, item, context, budget), host=item.host, port=item.port,
+                 reuse_port=reuse_port, sock=inherited.pop((item.host, item.port), None))
         for item in config.listeners
     ]
     for sock in inherited.values():

@@ -116,6 +116,7 @@ class LimitsConfig:
     early_talkers: Literal["reject", "accept"] = "reject"
     buffer_size: int = _f(64 * 1024, min=1024)
     body_stream_limit: int = _f(1024 * 1024, min=1)
+    memory_budget: int = _f(64 * 1024 * 1024, min=0)  # message octets a worker holds in memory; 0 = no limit
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from ..config import TimeoutsConfig
 from ..core.options import Features, Limits, Policies
+from .budget import MemoryBudget
 
 __all__ = ["ListenerSettings", "Networks", "parse_networks"]
 
@@ -76,6 +77,9 @@ class ListenerSettings:
     reverse_lookup: bool = False
     buffer_size: int = 64 * 1024
     body_stream_limit: int = 1024 * 1024  # octets buffered for a slow on_data consumer
+    # The worker's one memory budget for message octets, shared by all its listeners (aio/budget.py);
+    # the default counts nothing.
+    budget: MemoryBudget = field(default_factory=lambda: MemoryBudget(0), compare=False)
 
     def features_for(self, client_address: str) -> Features:
         """The features one connection offers: STARTTLS and XCLIENT/XFORWARD depend on it."""

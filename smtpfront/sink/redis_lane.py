@@ -41,6 +41,9 @@ PROBE_PAUSE_MAX = 0.4
 IN_FLIGHT = 1
 """Batches on the wire at once; more pending commits wait for one to be answered."""
 
+JOIN_LIMIT = 64 * 1024
+"""Body octets up to which a batch is joined into one ``bytes`` for its write (small messages)."""
+
 _Batch = Sequence[tuple[list[bytes], "asyncio.Future[str]", int]]  # packed command, its reply, octets
 _SLOT_MOVED = (b"MOVED", b"ASK", b"CLUSTERDOWN", b"TRYAGAIN")  # the cluster's slot map changed
 
@@ -137,8 +140,11 @@ class Lane:
         replicated = owner.durability == "replicated"
         if replicated:
             out.append(_command(b"WAIT", b"%d" % owner.replicas, b"%d" % owner.wait_timeout_ms))
+        # A batch carrying large bodies goes out as its parts: joined, it would be a second copy
+        # of them in memory, outside the worker's memory budget, until the kernel took it.
+        data = out if sum(size for _, _, size in batch) > JOIN_LIMIT else b"".join(out)
         try:
-            answer = channel.call(b"".join(out), skip + len(batch) + replicated)
+            answer = channel.call(data, skip + len(batch) + replicated)
         except ConnectionError as exc:
             self._failed(batch, exc)
             return
