@@ -50,13 +50,13 @@ class Account:
     """One message's octets in memory: ``held`` (handed to the writer, not yet released) and
     ``mark`` (what it may hold before it asks the budget again)."""
 
-    __slots__ = ("held", "mark", "_budget", "_spill", "_open")
+    __slots__ = ("held", "mark", "_budget", "_writer", "_open")
 
-    def __init__(self, budget: MemoryBudget, spill: Callable[[], bool] | None) -> None:
+    def __init__(self, budget: MemoryBudget, writer: object, mark: int) -> None:
         self.held = 0
-        self.mark = 0
+        self.mark = mark
         self._budget = budget
-        self._spill = spill
+        self._writer = writer  # its spill() is looked up when the budget is full
         self._open = True
 
     def more(self) -> Awaitable[None] | None:
@@ -101,10 +101,11 @@ class MemoryBudget:
     def open(self, writer: object) -> Account | None:
         """An account for a new message's writer, or None when it is not counted."""
         take = getattr(writer, "account", None)
-        if not self.limit or take is None:
+        if take is None or not self.limit:
             return None
-        account = Account(self, getattr(writer, "spill", None))
-        account.mark = headroom = self._headroom()
+        free = self.limit - self.used
+        headroom = (STEP if free >= 8 * STEP else free // 8) if free > 0 else 0  # _headroom(), inline
+        account = Account(self, writer, headroom)
         self.used += headroom
         self.accounts += 1
         take(account)
@@ -126,7 +127,8 @@ class MemoryBudget:
         # Full: its octets go out now where they can, and the senders holding the most stop
         # reading: all but those holding under a quarter of an even share (a small message
         # goes on, one chunk at a time), while the limit is passed by an eighth at most.
-        drains = account._spill() if account._spill is not None else True
+        spill: Callable[[], bool] | None = getattr(account._writer, "spill", None)
+        drains = spill() if spill is not None else True
         if not drains or (account.held * self.accounts * 4 < self.limit and self.used * 8 <= self.limit * 9):
             return None
         future = asyncio.get_running_loop().create_future()
