@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="deliveries before an entry goes to STREAM:dead (5)")
     consume.add_argument("--claim-idle-ms", type=int, default=int(_env("CLAIM_IDLE_MS", "60000")),
                          help="retry entries pending this long, a crashed consumer's too (60000)")
+    consume.add_argument("--forget-idle-ms", type=int, default=int(_env("FORGET_IDLE_MS", "3600000")),
+                         help="remove group members idle this long with nothing pending, 0: never (3600000)")
     consume.add_argument("--block-ms", type=int, default=int(_env("BLOCK_MS", "5000")),
                          help="longest wait for new entries; bounds the time SIGTERM takes (5000)")
     consume.add_argument("--exec-timeout", type=float, default=float(_env("EXEC_TIMEOUT", "60")),
@@ -242,7 +244,7 @@ async def consume(args: argparse.Namespace) -> int:
     try:
         consumer = Consumer(
             args.queue, stream=args.stream, group=args.group, name=args.name, block_ms=args.block_ms,
-            claim_idle_ms=args.claim_idle_ms, max_deliveries=args.max_deliveries,
+            claim_idle_ms=args.claim_idle_ms, max_deliveries=args.max_deliveries, forget_idle_ms=args.forget_idle_ms,
         )
     except ValueError as exc:
         raise SystemExit(f"--queue: {exc}") from None
