@@ -136,7 +136,11 @@ class Upload:
         parts, size = self._buffer, self._buffered
         self._buffer, self._buffered = [], 0
         head = b"*5\r\n$3\r\nSET\r\n" + _bulk(b"%b:%d" % (self.key, self.chunks)) + b"$%d\r\n" % size
-        future = self._lane().enqueue([head, *parts, b"\r\n$2\r\nEX\r\n" + _bulk(self._ttl)], size)
+        try:
+            future = self._lane().enqueue([head, *parts, b"\r\n$2\r\nEX\r\n" + _bulk(self._ttl)], size)
+        except SinkError as exc:  # these octets are gone: the upload can never be whole again
+            self._failure = exc
+            raise
         self.chunks += 1
         self._unsettled.append(future)
         future.add_done_callback(partial(self._settled, size))

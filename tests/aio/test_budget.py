@@ -21,8 +21,10 @@ from smtpfront.aio.budget import READ, STEP, Account, MemoryBudget
 from smtpfront.core.replies import Reply
 from smtpfront.hooks import Hooks, IncomingMessage, Session
 from smtpfront.server import SMTPServer
+from smtpfront.sink.base import SinkError
 from smtpfront.sink.maildir import MaildirSink
 from smtpfront.sink.record import chunk_keys
+from smtpfront.sink.redis_large import CHUNK_SIZE
 from smtpfront.sink.redis_streams import RedisStreamSink
 
 from ..conftest import RedisServer
@@ -179,6 +181,45 @@ async def test_the_redis_writer_spills_below_the_threshold_and_counts_out_what_r
             keys = chunk_keys(fields[b"body_key"], int(fields[b"body_chunks"]))
             stored = b"".join(client.get(key) or b"" for key in keys)
         assert stored == b"Received: test\r\n" + body
+    finally:
+        await sink.close()
+
+
+@run
+async def test_a_spill_the_queue_refused_fails_the_message_even_after_the_queue_is_back(
+        redis_server: RedisServer) -> None:
+    """The parts a refused spill held are gone: the message must fail, never be queued without them."""
+    sink = RedisStreamSink(redis_server.url, timeout=1.0)
+    await sink.start()
+    try:
+        budget = MemoryBudget(64 * KiB)
+        writer = sink.open(envelope())
+        account = budget.open(writer)
+        assert account is not None
+        head = b"Subject: cut\r\n\r\n" + b"y" * (32 * KiB) + b"\r\n"
+        writer.write(memoryview(head))
+        assert feed(account, len(head)) is None
+        redis_server.stop()
+        other = sink.open(envelope(1))
+        other.write(memoryview(b"x\r\n"))
+        with pytest.raises(SinkError):  # the lost connection takes the lane down
+            await asyncio.wait_for(other.commit(), 10)
+        await other.abort()
+        part = b"z" * (64 * KiB)
+        writer.write(memoryview(part))
+        assert feed(account, len(part)) is None  # full, but the spill was refused: not paused
+        redis_server.start()
+        for _ in range(200):  # the probe brings the lane back (bounded: 10 s)
+            if sink._topology.available():
+                break
+            await asyncio.sleep(0.05)
+        assert sink._topology.available()
+        with pytest.raises(SinkError):
+            writer.write(memoryview(b"w" * CHUNK_SIZE))
+            await asyncio.wait_for(writer.commit(), 10)
+        await writer.abort()
+        with redis.Redis.from_url(redis_server.url) as client:
+            assert client.xlen("smtpfront:inbound") == 0
     finally:
         await sink.close()
 
