@@ -56,7 +56,7 @@ class Account:
         self.held = 0
         self.mark = mark
         self._budget = budget
-        self._writer = writer  # its spill() is looked up when the budget is full
+        self._writer: object = writer  # its spill() is looked up when the budget is full (None once closed)
         self._open = True
 
     def more(self) -> Awaitable[None] | None:
@@ -77,6 +77,7 @@ class Account:
         """The writer: ``commit`` or ``abort`` was called, no more octets come (idempotent)."""
         if self._open:
             self._open = False
+            self._writer = None  # the writer refers to its account: no cycle left for the GC to find
             self._budget._close(self)
 
 
