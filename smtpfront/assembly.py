@@ -30,6 +30,7 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from .aio.budget import MemoryBudget
 from .aio.server import Listener
 from .aio.sessionlog import count_rejections, log_sessions
 from .aio.settings import ListenerSettings
@@ -45,7 +46,7 @@ from .sink.trace import received_header
 
 __all__ = [
     "Assembly", "assemble", "build_sink", "build_hooks", "plugin_specs", "check", "features", "listener_settings",
-    "tls_context", "trace",
+    "memory_budget", "tls_context", "trace",
 ]
 
 
@@ -99,8 +100,18 @@ def features(config: Config, listener: ListenerConfig) -> Features:
     )
 
 
-def listener_settings(config: Config, listener: ListenerConfig, context: ssl.SSLContext | None) -> ListenerSettings:
-    """What one listener's connections are built from."""
+def memory_budget(config: Config) -> MemoryBudget:
+    """A worker's one budget for message octets in memory (``limits.memory_budget``), exported
+    as ``smtpfront_memory_budget_bytes`` and ``smtpfront_memory_held_bytes``."""
+    m = instruments()
+    m.memory_budget.set(config.limits.memory_budget)
+    return MemoryBudget(config.limits.memory_budget, m.memory_held)
+
+
+def listener_settings(config: Config, listener: ListenerConfig, context: ssl.SSLContext | None,
+                      budget: MemoryBudget | None = None) -> ListenerSettings:
+    """What one listener's connections are built from; ``budget`` is the worker's, shared by
+    all its listeners (a new one when not given)."""
     lim = config.limits
     offered = features(config, listener)
     return ListenerSettings(
@@ -125,6 +136,7 @@ def listener_settings(config: Config, listener: ListenerConfig, context: ssl.SSL
         buffer_size=lim.buffer_size, body_stream_limit=lim.body_stream_limit,
         idle_commands=lim.idle_commands, session_duration=lim.session_duration,
         messages_per_session=lim.messages_per_session,
+        budget=budget if budget is not None else memory_budget(config),
     )
 
 
@@ -220,10 +232,11 @@ def assemble(config: Config, *, sink: Sink | None = None, hooks: HookChain | Non
     session events (the session log when ``logging.sessions``). Raises SinkError or ValueError (a
     TLS file that cannot be used, a plugin that cannot be built: PluginError)."""
     context = tls_context(config)
+    budget = memory_budget(config)  # one per worker: every listener's connections share it
     inherited = {sock.getsockname()[:2]: sock for sock in sockets}
     listeners = [
-        Listener(listener_settings(config, item, context), host=item.host, port=item.port, reuse_port=reuse_port,
-                 sock=inherited.pop((item.host, item.port), None))
+        Listener(listener_settings(config, item, context, budget), host=item.host, port=item.port,
+                 reuse_port=reuse_port, sock=inherited.pop((item.host, item.port), None))
         for item in config.listeners
     ]
     for sock in inherited.values():

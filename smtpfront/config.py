@@ -131,6 +131,7 @@ class LimitsConfig:
     idle_commands: int = _f(100, min=1)
     session_duration: float = _f(3600.0, gt=0)  # seconds; the next command past it gets 421 4.4.2
     messages_per_session: int = _f(0, min=0)  # 0 = unlimited
+    memory_budget: int = _f(64 * 1024 * 1024, min=0)  # message octets a worker holds in memory; 0 = no limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +312,7 @@ class ConsumerConfig:
     workers: int = _f(16, min=1)  # deliveries in flight at once (one process)
     max_deliveries: int = _f(5, min=1)  # then the entry goes to STREAM:dead
     claim_idle_ms: int = _f(60000, min=1)  # entries pending this long are delivered again
+    forget_idle_ms: int = _f(3600000, min=0)  # group members idle this long with nothing pending go; 0: never
     block_ms: int = _f(5000, min=1)  # longest wait for new entries
     exec_timeout: float = _f(60.0, gt=0)  # --exec: seconds before the command is killed (retried)
     metrics_listen: str | None = _f(None, kind="address")  # /metrics and /healthz; unset: off

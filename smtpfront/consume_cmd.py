@@ -68,6 +68,8 @@ def add_parser(sub: Any) -> None:
     consume.add_argument("--max-deliveries", type=int, help="deliveries before an entry goes to STREAM:dead (5)")
     consume.add_argument("--claim-idle-ms", type=int, help="retry entries pending this long, a crashed consumer's "
                                                            "too (60000)")
+    consume.add_argument("--forget-idle-ms", type=int, help="remove group members idle this long with nothing "
+                                                            "pending (consumers gone), 0: never (3600000)")
     consume.add_argument("--block-ms", type=int, help="longest wait for new entries; bounds the time SIGTERM "
                                                       "takes (5000)")
     consume.add_argument("--exec-timeout", type=float, help="--exec: seconds before the command is killed and "
@@ -101,7 +103,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
     return {
         "queue": args.queue, "redis.stream": args.stream, "consumer.group": args.group, "consumer.name": args.name,
         "consumer.workers": args.workers, "consumer.max_deliveries": args.max_deliveries,
-        "consumer.claim_idle_ms": args.claim_idle_ms, "consumer.block_ms": args.block_ms,
+        "consumer.claim_idle_ms": args.claim_idle_ms, "consumer.forget_idle_ms": args.forget_idle_ms,
+        "consumer.block_ms": args.block_ms,
         "consumer.exec_timeout": args.exec_timeout, "consumer.metrics_listen": args.metrics_listen,
         "logging.level": args.log_level, "logging.format": args.log_format,
     }
@@ -160,7 +163,7 @@ async def _consume(config: Config, handler: Handler) -> int:
             consumer = Consumer(
                 config.queue, stream=config.redis.stream, group=c.group, name=c.name, batch=c.workers,
                 block_ms=c.block_ms, claim_idle_ms=c.claim_idle_ms, max_deliveries=c.max_deliveries,
-                observer=observer,
+                forget_idle_ms=c.forget_idle_ms, observer=observer,
             )
         except ValueError as exc:
             return _fail(f"--queue: {exc}")

@@ -71,6 +71,7 @@ from .delivery import (
     maildir_handler,
     streaming,
 )
+from .idle_consumers import DEFAULT_IDLE_MS, forget_idle
 from .sink.record import BodyRef, RecordError, decode_entry
 from .sink.redis_url import parse_queue_url, shard_stream
 from .streamops import Client, acknowledge, close_client, dead_letter, has_xackdel, open_client, sweep
@@ -167,6 +168,9 @@ class Consumer:
             ``shards=N`` for a cluster URL (default 16), else one unsharded stream. It must
             match the producers' number of shards.
         observer: told of each handler call and outcome (see :class:`Observer`).
+        forget_idle_ms: names of the group idle this long with nothing pending (consumers
+            gone) are removed from it, this one's excepted (0: never; see
+            :mod:`smtpfront.idle_consumers`).
     """
 
     def __init__(
@@ -184,6 +188,7 @@ class Consumer:
         start_id: str = "0",
         shards: int | None = None,
         observer: Observer | None = None,
+        forget_idle_ms: int = DEFAULT_IDLE_MS,
     ) -> None:
         if batch < 1 or block_ms < 1 or claim_idle_ms < 1 or max_deliveries < 1:
             raise ValueError("batch, block_ms, claim_idle_ms and max_deliveries must be positive")
@@ -206,6 +211,7 @@ class Consumer:
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries = max_deliveries
         self.start_id = start_id
+        self.forget_idle_ms = forget_idle_ms  # see smtpfront.idle_consumers (0: never)
         self.streams = [shard_stream(stream, i) for i in range(count)] if count else [stream]
         self._streams = [_Stream(s, dead_letter_stream or f"{s}:dead") for s in self.streams]
         self.dead_letter_streams = sorted({s.dead for s in self._streams})
@@ -278,6 +284,7 @@ class Consumer:
                     await self._claim(stream, handler)
                     if await sweep(self._client(), stream.name, self.group):
                         log.info("deleted entries every group had acknowledged on %s", stream.name)
+                    await forget_idle(self._client(), stream.name, self.group, self.forget_idle_ms, self.name)
                     next_claim = loop.time() + self.claim_idle_ms / 2000
                 if not self._stop.is_set():
                     await self._read(stream, handler)

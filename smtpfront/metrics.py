@@ -91,6 +91,8 @@ class Metrics:
     queue_backlog: Gauge
     queue_full: Gauge
     inflight_bytes: Gauge
+    memory_held_bytes: Gauge
+    memory_budget_bytes: Gauge
     greeting_seconds: Histogram
     worker_restarts: Counter
     policy_rejections: Counter
@@ -146,6 +148,15 @@ class Metrics:
         )
         self.inflight_bytes = Gauge(
             p + "inflight_bytes", "Message bytes held by workers, not yet confirmed by the queue.",
+            multiprocess_mode="livesum", registry=None,
+        )
+        self.memory_held_bytes = Gauge(
+            p + "memory_held_bytes", "Message bytes workers hold in memory (bodies before they stream, "
+            "waiting for their commit, chunks in flight), with the headroom reserved for them.",
+            multiprocess_mode="livesum", registry=None,
+        )
+        self.memory_budget_bytes = Gauge(
+            p + "memory_budget_bytes", "The workers' memory budgets for message bytes (limits.memory_budget).",
             multiprocess_mode="livesum", registry=None,
         )
         self.greeting_seconds = Histogram(
@@ -424,6 +435,8 @@ class Instruments:
         self.queue_full: Any = m.queue_full if m else off
         self.inflight_bytes: Any = m.inflight_bytes if m else off
         self.greeting: Any = held(m.greeting_seconds) if m else off
+        self.memory_held: Any = m.memory_held_bytes if m else off
+        self.memory_budget: Any = m.memory_budget_bytes if m else off
         self.enabled = m is not None
         self.replies: Any = m.replies if m else off  # families: children are bound by aio/tally.py
         self.commands: Any = m.commands if m else off

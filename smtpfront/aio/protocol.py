@@ -71,6 +71,7 @@ from ..metrics import instruments
 from ..sink.base import Envelope, MessageWriter, Sink, SinkError, StorageFullError
 from . import budgets
 from .body import BodyStream
+from .budget import Account
 from .sessionlog import debug_command, debug_enabled, debug_replies
 from .settings import ListenerSettings, in_networks
 from .tally import Tally
@@ -670,6 +671,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             try:
                 envelope = self._make_envelope()
                 self._writer = self.state.sink.open(envelope)
+                self._account = self.settings.budget.open(self._writer)  # aio/budget.py
                 self._size = 0
                 self._envelope = envelope
             except (SinkError, OSError) as exc:
@@ -690,6 +692,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             self._emit("reject", self.session, reply)
 
     _refusal: Reply | None = None
+    _account: Account | None = None  # the current message's octets in the worker's memory budget
     _size = 0  # body octets handed to the current writer
 
     def _make_envelope(self) -> Envelope:
@@ -709,6 +712,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
 
     def _on_chunk(self, event: BodyChunk) -> Coroutine[Any, Any, None] | None:
         writer = self._writer
+        pressure: Awaitable[None] | None = None
         if writer is not None:
             self._size += len(event.data)
             try:
@@ -719,21 +723,27 @@ class SMTPProtocol(asyncio.BufferedProtocol):
                 self._refusal = _queue_refusal(exc)
                 self.loop.create_task(writer.abort())
             else:
-                pressure = writer.pressure()
-                if pressure is not None:  # the sink holds too much in flight: stop reading
-                    return self._wait_pressure(pressure)
+                account = self._account  # the worker's memory budget: an add and a compare (aio/budget.py)
+                if account is not None:
+                    account.held += len(event.data)
+                    if account.held > account.mark:
+                        pressure = account.more()
+                # the sink holds too much in flight: stop reading (after this chunk reached on_data)
+                pressure = pressure or writer.pressure()
         # Extend the body deadline: each octet buys 1/min_data_rate s (slowloris defence).
         self.deadline.extend(len(event.data) / self.settings.timeouts.min_data_rate)
         stream = self._stream
         if stream is not None and not stream.push(bytes(event.data)):
-            return self._wait_for_consumer(stream)  # the consumer is behind: stop reading
-        return None
+            return self._wait_for_consumer(stream, pressure)  # the consumer is behind: stop reading
+        return None if pressure is None else self._wait_pressure(pressure)
 
     async def _wait_pressure(self, pressure: Awaitable[None]) -> None:
         async with asyncio.timeout(self.settings.timeouts.sink):
             await pressure
 
-    async def _wait_for_consumer(self, stream: BodyStream) -> None:
+    async def _wait_for_consumer(self, stream: BodyStream, pressure: Awaitable[None] | None = None) -> None:
+        if pressure is not None:
+            await self._wait_pressure(pressure)
         await asyncio.wait_for(stream.drained.wait(), self.settings.timeouts.hook)
 
     def _on_body_end(self, event: BodyEnd) -> Coroutine[Any, Any, None] | None:

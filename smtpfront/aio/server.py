@@ -81,6 +81,8 @@ class WorkerServer:
 
     async def close(self, timeout: float | None = None) -> None:
         """Stop accepting, drain open sessions for up to ``timeout`` seconds, then close."""
+        for state in self._states:
+            state.tally.flush_open(state.connections)  # the held counts reach the master now
         for server in self._servers:
             server.close()
         # A connection accepted in the loop pass that brought the stop has its connection_made

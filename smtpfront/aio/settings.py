@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from ..config import TimeoutsConfig
 from ..core.options import Features, Limits, Policies
+from .budget import MemoryBudget
 
 __all__ = ["ListenerSettings", "Networks", "parse_networks"]
 
@@ -79,6 +80,9 @@ class ListenerSettings:
     idle_commands: int = 100  # RSET/NOOP/VRFY/HELP/EHLO in a row without MAIL; then 421 4.7.0
     session_duration: float = 3600.0  # seconds; the next command past it gets 421 4.4.2
     messages_per_session: int = 0  # accepted messages, then 421 4.7.0; 0 = unlimited
+    # The worker's one memory budget for message octets, shared by all its listeners (aio/budget.py);
+    # the default counts nothing.
+    budget: MemoryBudget = field(default_factory=lambda: MemoryBudget(0), compare=False)
 
     def features_for(self, client_address: str) -> Features:
         """The features one connection offers: STARTTLS and XCLIENT/XFORWARD depend on it."""

@@ -5,7 +5,8 @@ Each connection's core counts commands by verb and replies by (verb, class) in p
 (`metrics.Held`): a multiprocess metric update takes a lock and writes an mmapped file,
 which per command and per message cost several percent of a worker. `Tally` gathers it all
 and writes it once a second while sessions are open, once more after the last one ends, and
-when the worker stops (`flush`).
+twice when the worker stops: as the stop begins (`flush_open`: a drain that ends in SIGKILL
+loses nothing counted before it) and after the last session ended (`flush`).
 """
 
 from __future__ import annotations
@@ -56,6 +57,15 @@ class Tally:
         key = (tls, auth)
         self._sessions[key] = self._sessions.get(key, 0) + 1
 
+    def flush_open(self, connections: Iterable[_HasConn]) -> None:
+        """Take the open connections' tallies too, and flush: a worker's stop begins with this,
+        so what was counted before it reaches the master even if the drain ends in SIGKILL."""
+        if not self._m.enabled:
+            return
+        for protocol in list(connections):
+            self.take(protocol.conn)
+        self.flush()
+
     def flush(self) -> None:
         """Write everything gathered to the shared metrics."""
         m = self._m
@@ -88,9 +98,7 @@ class Tally:
         def tick() -> None:
             self._timer = None
             live = list(connections)
-            for protocol in live:
-                self.take(protocol.conn)
-            self.flush()
+            self.flush_open(live)
             if live:
                 self._timer = loop.call_later(FLUSH_INTERVAL, tick)
 

@@ -8,6 +8,11 @@ retries. Nothing half-written may become visible to a consumer as a complete mes
 
 Rule: a ``memoryview`` passed to :meth:`MessageWriter.write` is valid only during that
 call (it points into the connection's receive buffer); a writer that keeps data must copy.
+
+A writer that keeps octets in memory after ``write`` returned (until they are sent, or until
+its commit) may take part in the worker's memory budget (``limits.memory_budget``) with two
+optional methods, ``account(holding)`` and ``spill()``: see :class:`Holding`. A writer
+without them is not counted.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Protocol
 
 from ..core.events import Address, MailParams, Recipient
 
-__all__ = ["Envelope", "Recipient", "MessageWriter", "Sink", "SinkError", "StorageFullError"]
+__all__ = ["Envelope", "Holding", "Recipient", "MessageWriter", "Sink", "SinkError", "StorageFullError"]
 
 
 class SinkError(Exception):
@@ -55,6 +60,23 @@ class Envelope:
     trace: bytes = b""
     size: int = 0  # body octets received (set before commit; the trace is not counted)
     extra: dict[str, object] = field(default_factory=dict)
+
+
+class Holding(Protocol):
+    """The server's account of one message's octets in this process's memory.
+
+    The server calls the writer's optional ``account(holding)`` right after ``open``, and
+    counts every octet it gives to ``write`` as held. The writer calls :meth:`release` as
+    octets it was given leave memory (sent and answered, written to the page cache, dropped),
+    never more than it was given, and :meth:`close` once ``commit`` or ``abort`` was called.
+    When the worker's budget is full the server calls the writer's optional ``spill() ->
+    bool``: send what it holds now where it can; True when what it still holds will leave
+    without more input (the server may then pause the client), False when it cannot.
+    """
+
+    def release(self, octets: int) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class MessageWriter(Protocol):

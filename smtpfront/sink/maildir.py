@@ -30,7 +30,7 @@ from concurrent.futures import Executor
 from typing import BinaryIO
 
 from ..metrics import instruments
-from .base import Envelope, SinkError, StorageFullError
+from .base import Envelope, Holding, SinkError, StorageFullError
 from .trace import return_path_header
 
 __all__ = ["MaildirSink", "MaildirWriter"]
@@ -144,7 +144,7 @@ class MaildirSink:
 class MaildirWriter:
     """One message in ``tmp/``; see :class:`MaildirSink`."""
 
-    __slots__ = ("_sink", "_unique", "_path", "_file", "_failure")
+    __slots__ = ("_sink", "_unique", "_path", "_file", "_failure", "_holding", "_buffered")
 
     def __init__(self, sink: MaildirSink, unique: str, path: str, file: BinaryIO) -> None:
         self._sink = sink
@@ -152,6 +152,29 @@ class MaildirWriter:
         self._path = path
         self._file: BinaryIO | None = file
         self._failure = "maildir: message already committed or aborted"
+        self._holding: Holding | None = None  # the worker's memory budget (sink/base.py Holding)
+        self._buffered = 0  # octets given to write() that may still sit in the file's buffer
+
+    def account(self, holding: Holding) -> None:
+        """Count the octets the file's buffer may hold (at most ``buffer_size``) in the budget."""
+        self._holding = holding
+
+    def spill(self) -> bool:
+        """The budget is full: the buffer goes to the page cache now."""
+        file = self._file
+        if file is None or self._holding is None:
+            return True
+        try:
+            file.flush()
+        except OSError:
+            return False  # the next write or the commit reports it
+        self._settle(self._buffered)
+        return True
+
+    def _settle(self, gone: int) -> None:
+        if gone > 0 and self._holding is not None:
+            self._buffered -= gone
+            self._holding.release(gone)
 
     def _done(self) -> SinkError:
         # A fresh exception each time: re-raising one would grow its traceback per write.
@@ -174,6 +197,9 @@ class MaildirWriter:
             self._failure = str(error)
             self._discard()
             raise error from exc
+        if self._holding is not None:  # a buffered writer keeps at most buffer_size octets back
+            self._buffered += len(data)
+            self._settle(self._buffered - self._sink._buffer_size)
 
     async def commit(self) -> str:
         """Flush, fsync, rename into ``new/``, fsync ``new/``; return the unique name.
@@ -185,6 +211,7 @@ class MaildirWriter:
             SinkError: any step failed; nothing is left in ``tmp/`` or ``new/``.
         """
         file, self._file = self._file, None
+        self._close()
         if file is None:
             raise self._done()
         sink = self._sink
@@ -236,7 +263,14 @@ class MaildirWriter:
             self._failure = "maildir: message aborted"
             self._discard()
 
+    def _close(self) -> None:
+        """No more writes: out of the memory budget (what the buffer holds is flushed or dropped now)."""
+        if self._holding is not None:
+            self._holding.close()
+            self._settle(self._buffered)
+
     def _discard(self) -> None:
+        self._close()
         file, self._file = self._file, None
         if file is not None:
             with contextlib.suppress(OSError):  # flushing the rest may fail again

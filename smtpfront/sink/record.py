@@ -18,7 +18,8 @@ One stream entry per message. Format version 1 (the ``v`` field is ``"1"``), fie
     ``Received:`` trace field (RFC 5321 §4.4) prepended.
 
 Format version 2 (``v`` is ``"2"``) is a *large* message (body octets past the sink's
-``large_threshold``): the same ``envelope``, and instead of ``body`` a reference to it:
+``large_threshold``, or sent early because the worker's memory budget was full): the same
+``envelope``, and instead of ``body`` a reference to it:
 
 ``body_key``
     the prefix of the chunk keys: the body is the concatenation of the strings

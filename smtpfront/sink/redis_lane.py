@@ -44,6 +44,9 @@ OVERLAP = 64 * 1024
 """A second batch goes out while one is on the wire only if that one carries this many octets
 (Redis copying a large body): small batches wait and grow (one write for many commits)."""
 
+JOIN_LIMIT = 64 * 1024
+"""Body octets up to which a batch is joined into one ``bytes`` for its write (small messages)."""
+
 _Batch = Sequence[tuple[list[bytes], "asyncio.Future[str]", int]]  # packed command, its reply, octets
 _SLOT_MOVED = (b"MOVED", b"ASK", b"CLUSTERDOWN", b"TRYAGAIN")  # the cluster's slot map changed
 
@@ -142,13 +145,16 @@ class Lane:
         replicated = owner.durability == "replicated"
         if replicated:
             out.append(_command(b"WAIT", b"%d" % owner.replicas, b"%d" % owner.wait_timeout_ms))
-        data = b"".join(out)
+        # A batch carrying large bodies goes out as its parts: joined, it would be a second copy
+        # of them in memory, outside the worker's memory budget, until the kernel took it.
+        large = sum(size for _, _, size in batch) > JOIN_LIMIT
+        data: bytes | list[bytes] = out if large else b"".join(out)
         try:
             answer = channel.call(data, skip + len(batch) + replicated)
         except ConnectionError as exc:
             self._failed(batch, exc)
             return
-        self._on_wire = len(data)  # the latest batch's octets
+        self._on_wire = sum(len(part) for part in out) if large else len(data)  # the latest batch's octets
         self._load_scripts = False
         answer.add_done_callback(partial(self._answered, batch, skip))
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Literal, Protocol
 
 from .base import SinkError
@@ -31,7 +32,8 @@ from .record import BodyRef, chunk_keys
 __all__ = ["CHUNK_SIZE", "COMMIT_SCRIPT", "UPLOAD_TTL", "WINDOW", "RefusedError", "Upload"]
 
 CHUNK_SIZE = 256 * 1024
-"""Octets per chunk key (a chunk closes at the first body part that reaches this)."""
+"""Octets per chunk key (a chunk closes at the first body part that reaches this, or earlier
+when the worker's memory budget asks the writer to spill)."""
 WINDOW = 4
 """Chunks of one message written but not yet acknowledged before its client is paused."""
 UPLOAD_TTL = 24 * 3600
@@ -97,10 +99,12 @@ class Upload:
     """
 
     __slots__ = ("_lane", "key", "_ttl", "_buffer", "_buffered", "chunks", "size", "_unsettled", "_failure",
-                 "_final")
+                 "_final", "_gone")
 
-    def __init__(self, lane: Callable[[], Lane], key: bytes, ttl: int = UPLOAD_TTL) -> None:
+    def __init__(self, lane: Callable[[], Lane], key: bytes, ttl: int = UPLOAD_TTL,
+                 gone: Callable[[int], None] | None = None) -> None:
         self._lane = lane
+        self._gone = gone  # told the size of each chunk once it is answered (or failed): out of memory
         self.key = key
         self._ttl = b"%d" % ttl
         self._buffer: list[bytes] = []
@@ -121,17 +125,30 @@ class Upload:
         if self._buffered >= CHUNK_SIZE:
             self._send()
 
+    def flush(self) -> None:
+        """Send the octets buffered for the next chunk now, as a shorter chunk (memory is short)."""
+        if self._failure is not None:
+            raise SinkError(f"writing the body failed: {self._failure}")
+        if self._buffered:
+            self._send()
+
     def _send(self) -> None:
         parts, size = self._buffer, self._buffered
         self._buffer, self._buffered = [], 0
         head = b"*5\r\n$3\r\nSET\r\n" + _bulk(b"%b:%d" % (self.key, self.chunks)) + b"$%d\r\n" % size
-        future = self._lane().enqueue([head, *parts, b"\r\n$2\r\nEX\r\n" + _bulk(self._ttl)], size)
+        try:
+            future = self._lane().enqueue([head, *parts, b"\r\n$2\r\nEX\r\n" + _bulk(self._ttl)], size)
+        except SinkError as exc:  # these octets are gone: the upload can never be whole again
+            self._failure = exc
+            raise
         self.chunks += 1
         self._unsettled.append(future)
-        future.add_done_callback(self._settled)
+        future.add_done_callback(partial(self._settled, size))
 
-    def _settled(self, future: asyncio.Future[str]) -> None:
+    def _settled(self, size: int, future: asyncio.Future[str]) -> None:
         self._unsettled.remove(future)
+        if self._gone is not None:
+            self._gone(size)
         failure = SinkError("cancelled") if future.cancelled() else future.exception()
         if failure is not None and self._failure is None:
             self._failure = failure

@@ -44,9 +44,10 @@ Where the queue lives (the URL decides, see :func:`smtpfront.sink.redis_url.pars
 
 Large messages (body octets past ``large_threshold``, 1 MiB by default) are written into
 chunk keys while they arrive and committed as a version-2 entry naming them: see
-:mod:`smtpfront.sink.redis_large`. In a cluster such a message's shard is chosen when its
-upload starts: from its header block and envelope when it can be deduplicated (a retry
-lands on the same shard), else by turns.
+:mod:`smtpfront.sink.redis_large`. So is a body below the threshold once the worker's memory
+budget is full (``spill``; ``aio/budget.py``): its octets then leave as Redis answers. In a
+cluster such a message's shard is chosen when its upload starts: from its header block and
+envelope when it can be deduplicated (a retry lands on the same shard), else by turns.
 
 While a lane (a server's, or a cluster node's connection) is down, a background probe
 connects and sends ``PING`` on a connection of its own, again and again (each attempt
@@ -79,7 +80,7 @@ from redis.exceptions import (
 )
 
 from ..metrics import instruments
-from .base import Envelope, SinkError
+from .base import Envelope, Holding, SinkError
 from .record import envelope_fields
 from .redis_large import UPLOAD_TTL, Upload
 from .redis_topology import Cluster, Single, Target, Topology
@@ -125,7 +126,7 @@ class RedisStreamWriter:
     """Collects one message's body parts until commit; past the large threshold, uploads them."""
 
     __slots__ = ("_sink", "_envelope", "_parts", "_size", "_digest", "_head", "_block", "_limit", "_upload",
-                 "_target")
+                 "_target", "_holding", "_gone")
 
     def __init__(self, sink: RedisStreamSink, envelope: Envelope) -> None:
         self._sink = sink
@@ -139,6 +140,43 @@ class RedisStreamWriter:
         self._limit = sink.large_threshold + len(envelope.trace) if sink.large_threshold else 1 << 62
         self._upload: Upload | None = None
         self._target: Target | None = None
+        self._holding: Holding | None = None  # the worker's memory budget (sink/base.py Holding)
+        self._gone = 0  # octets given to write() and released from the budget
+
+    # -- the worker's memory budget: what this message holds in memory (see sink/base.py Holding) --
+
+    def account(self, holding: Holding) -> None:
+        """Count this message's octets in the worker's memory budget until they leave memory."""
+        self._holding = holding
+
+    def spill(self) -> bool:
+        """The budget is full: upload what is held now (as a version-2 record, even below the
+        large threshold); True when nothing held stays without more input. False when the
+        body cannot go out before its commit (``large_threshold = 0``, or its header block is
+        not read whole yet), or when Redis refuses (the next write or the commit says so)."""
+        if self._upload is None and (self._head is not None or not self._sink.large_threshold):
+            return False
+        try:
+            if self._upload is None:
+                self._start_upload()
+            assert self._upload is not None
+            self._upload.flush()
+        except SinkError:
+            return False
+        return True
+
+    def _release(self, octets: int) -> None:
+        """``octets`` left memory (at most what write() was given and is not yet released:
+        chunk sizes include the trace, counted out with the first chunk)."""
+        holding = self._holding
+        if holding is not None:
+            octets = min(octets, self._size - len(self._envelope.trace) - self._gone)
+            if octets > 0:
+                self._gone += octets
+                holding.release(octets)
+
+    def _release_all(self, _: object = None) -> None:
+        self._release(self._size)
 
     def write(self, data: memoryview) -> None:
         """Keep a copy of the chunk (the view points into the receive buffer), or upload it."""
@@ -160,7 +198,8 @@ class RedisStreamWriter:
         sink = self._sink
         self._target = target = sink.topology.target(self)
         key = target.body_prefix + uuid.uuid4().hex.encode()
-        self._upload = upload = Upload(partial(sink.topology.lane_for, target.shard), key, sink.upload_ttl)
+        self._upload = upload = Upload(partial(sink.topology.lane_for, target.shard), key, sink.upload_ttl,
+                                       self._release)
         parts, self._parts = self._parts, []
         for part in parts:
             upload.add(part)
@@ -206,27 +245,37 @@ class RedisStreamWriter:
         the batch's own future: no coroutine or task per message (the server adds a
         callback to it). Raises SinkError at once while the lane is down.
         """
+        if self._holding is not None:
+            self._holding.close()
         if self._head is not None:  # the body ended inside its headers
             self._read_header(b"\r\n\r\n")
         if self._upload is not None:
             return self._commit_large(self._upload)
         lane, packed, shard = self._sink.topology.route(self)
-        self._parts = []
         entry = lane.enqueue(packed, self._size)
+        self._parts = []
+        if self._holding is not None:  # the parts stay in the lane until its batch is answered
+            entry.add_done_callback(self._release_all)
         return entry if shard is None else _prefixed(entry, f"{shard}/")
 
     async def _commit_large(self, upload: Upload) -> str:
         sink, target = self._sink, self._target
         assert target is not None
         dedup = None if self._digest is None else target.dedup_prefix + self._dedup_hash()
-        ref = upload.finish()
-        entry = await upload.commit(target.stream, dedup, sink.dedup_window, sink.maxlen,
-                                    envelope_fields(self._envelope, ref))
+        try:
+            ref = upload.finish()
+            entry = await upload.commit(target.stream, dedup, sink.dedup_window, sink.maxlen,
+                                        envelope_fields(self._envelope, ref))
+        finally:
+            self._release_all()  # every chunk was answered before the commit script (one connection)
         return entry if target.shard is None else f"{target.shard}/{entry}"
 
     async def abort(self) -> None:
         """Forget the parts; delete the chunk keys of an upload that was not committed."""
         self._parts = []
+        if self._holding is not None:
+            self._holding.close()
+            self._release_all()  # a message aborted is counted out at once (its last chunks may still fly)
         if self._upload is not None:
             await self._upload.abort()
 

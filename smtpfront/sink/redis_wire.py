@@ -50,14 +50,19 @@ class Channel(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
 
-    def call(self, data: bytes, replies: int) -> asyncio.Future[list[Any]]:
-        """Send ``data`` (``replies`` commands, RESP-packed); the future gets their replies, in
-        order (an error reply as a :data:`ReplyError`), or fails with the connection."""
+    def call(self, data: bytes | list[bytes], replies: int) -> asyncio.Future[list[Any]]:
+        """Send ``data`` (``replies`` commands, RESP-packed; a list goes out as it is, with
+        ``writelines``: uvloop sends and keeps the parts without joining them); the future gets
+        their replies, in order (an error reply as a :data:`ReplyError`), or fails with the
+        connection."""
         if self.lost is not None or self.transport is None:
             raise ConnectionError(f"redis queue {self.label}: {self.lost or 'not connected'}")
         future: asyncio.Future[list[Any]] = self._loop.create_future()
         self._calls.append(_Call(future, replies, self._loop.time() + self.timeout))
-        self.transport.write(data)
+        if isinstance(data, bytes):
+            self.transport.write(data)
+        else:
+            self.transport.writelines(data)
         if self._timer is None:
             self._timer = self._loop.call_at(self._calls[0].deadline, self._check)
         return future

@@ -78,7 +78,10 @@ async def _serve(config: Config, context: WorkerContext) -> int:
     beat = loop.create_task(heartbeat())
     await stop.wait()
     log.info("stopping: draining open sessions")
-    await server.close(timeout=0.0 if quick else config.supervisor.graceful_timeout)
+    # The master SIGKILLs a worker graceful_timeout after its SIGTERM: the drain ends a little
+    # earlier, so the sessions it ends are counted and flushed before that (aio/tally.py).
+    drain = config.supervisor.graceful_timeout
+    await server.close(timeout=0.0 if quick else drain - min(1.0, drain / 10))
     await sink.close()
     beat.cancel()
     log.info("stopped")
