@@ -82,6 +82,7 @@ __all__ = ["SMTPProtocol", "ServerState"]
 
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)
+_HANDSHAKE_GRACE = 1.0  # seconds a TLS handshake under way at a graceful stop may still take
 _QUEUE_TROUBLE = Throttle()  # a queue that is away fails every message: one line a second
 _PID = os.getpid()
 
@@ -384,6 +385,10 @@ class SMTPProtocol(asyncio.BufferedProtocol):
     def _timed_out(self) -> None:
         if self._closed:
             return
+        if self._handshaking:  # start_tls owns the transport: no plain-text reply into it
+            log.info("session %s: TLS handshake not finished in time", self.session.id)
+            self._close()
+            return
         if self._committing is not None:
             self._commit_timed_out()  # the queue did not answer in time: 451, the session goes on
             return
@@ -420,6 +425,8 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         self.state.instruments.greeting.observe(self.loop.time() - self._accepted)
         if reply.code != 220:
             self._emit("reject", self.session, reply)
+        elif self._draining:  # a graceful stop came during the handshake: greeted, then drained
+            self.conn.send(R.SHUTTING_DOWN)
         self._touch()
 
     async def _connect_hook(self) -> Reply:
@@ -916,6 +923,9 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             return
         if await self._handshake():
             self.conn.tls_established()  # drops anything pipelined before the handshake
+            if self._draining:  # a graceful stop came during the handshake: 421, inside TLS now
+                self.conn.send(R.SHUTTING_DOWN)
+                return
             self.session.helo, self.session.esmtp = None, False
             self.session.reset_transaction()
             if self.hooks.implements("on_secure"):
@@ -1005,7 +1015,12 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         if self._closed:
             return
         if self._handshaking:
-            self._close()  # no transaction yet, and a 421 in plain text would break the TLS stream
+            # No transaction yet. A handshake that goes on gets a moment to finish (the kernel
+            # gave this worker the connection just before the stop, as in a reload): the client
+            # is then greeted and told 421 inside TLS. One that stalls is closed when the moment
+            # is over, without a plain-text 421 inside the TLS stream.
+            self._draining = True
+            self.deadline.arm(min(_HANDSHAKE_GRACE, self.settings.timeouts.tls_handshake))
         elif self.conn.state in _IDLE_STATES and not self._busy:
             self.conn.send(R.SHUTTING_DOWN)
             self._flush()

@@ -12,6 +12,7 @@ import contextlib
 import socket
 import ssl
 import struct
+import threading
 import time
 from collections.abc import Callable
 
@@ -208,3 +209,33 @@ def test_a_handshake_that_times_out_ends_its_session(start_server: StartServer, 
         assert (events.opened, events.closed) == (1, 1)  # the TLS layer reports this loss too: once
     finally:
         sock.close()
+
+
+@pytest.mark.parametrize("kind", ["implicit", "starttls"])
+def test_a_handshake_under_way_at_a_graceful_stop_is_greeted_then_drained(
+    start_server: StartServer, client_context: ssl.SSLContext, kind: str
+) -> None:
+    """A connection the kernel gave this worker just before a stop (a reload) is in its TLS
+    handshake when the stop comes: it may finish it, is greeted (implicit TLS) and gets its
+    421 inside TLS, not a closed connection (what a client saw during SIGHUP rolls)."""
+    server = start_server(secure=kind == "implicit", close_timeout=CLOSE_TIMEOUT)
+    if kind == "implicit":
+        raw = _implicit(server.port)
+    else:
+        c = Client(server.port)
+        assert c.reply().code == 220 and c.cmd("EHLO c.example").code == 250
+        assert c.cmd("STARTTLS").code == 220
+        assert c.sock is not None
+        raw = c.sock
+    assert _wait_sessions(server, 1, timeout=5.0) == 1
+    stopping = threading.Thread(target=server.stop, kwargs={"timeout": CLOSE_TIMEOUT})
+    stopping.start()
+    try:
+        time.sleep(0.2)  # the stop has begun: the session is told to drain mid-handshake
+        tls = Client(server.port, sock=client_context.wrap_socket(raw, server_hostname=HOSTNAME))
+        if kind == "implicit":
+            assert tls.reply().code == 220
+        r = tls.reply()
+        assert r.code == 421 and "shutting down" in r.text, r  # no EHLO in this session: no enhanced code
+    finally:
+        stopping.join(TIMEOUT + CLOSE_TIMEOUT)
