@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 from ..metrics import instruments
 from .base import SinkError
 from .redis_large import RefusedError
-from .redis_wire import Channel, ReplyError, adopt
+from .redis_wire import Channel, ReplyError, adopt, command
 
 __all__ = ["IN_FLIGHT", "PROBE_PAUSE", "PROBE_PAUSE_MAX", "Lane", "LaneOwner"]
 
@@ -65,10 +65,6 @@ class LaneOwner(Protocol):
     def released(self, octets: int) -> None: ...
 
 
-def _command(*args: bytes) -> bytes:
-    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
-
-
 class Lane:
     """Group commit over one adopted connection; ``trouble`` is called after a failure that may
     mean a cluster's slot map changed. ``scripts`` are loaded on every new connection (a
@@ -85,7 +81,7 @@ class Lane:
         self.label = label
         self._trouble = trouble
         self._timeout = timeout
-        self._scripts = b"".join(_command(b"SCRIPT", b"LOAD", script) for script in scripts)
+        self._scripts = b"".join(command(b"SCRIPT", b"LOAD", script) for script in scripts)
         self._script_count = len(scripts)
         self._conn: AbstractConnection | None = None  # redis-py's, connected (kept to close it)
         self._channel: Channel | None = None  # the same connection, adopted
@@ -144,7 +140,7 @@ class Lane:
         owner = self._owner
         replicated = owner.durability == "replicated"
         if replicated:
-            out.append(_command(b"WAIT", b"%d" % owner.replicas, b"%d" % owner.wait_timeout_ms))
+            out.append(command(b"WAIT", b"%d" % owner.replicas, b"%d" % owner.wait_timeout_ms))
         # A batch carrying large bodies goes out as its parts: joined, it would be a second copy
         # of them in memory, outside the worker's memory budget, until the kernel took it.
         large = sum(size for _, _, size in batch) > JOIN_LIMIT

@@ -28,6 +28,7 @@ from typing import Literal, Protocol
 
 from .base import SinkError
 from .record import BodyRef, chunk_keys
+from .redis_wire import bulk, command
 
 __all__ = ["CHUNK_SIZE", "COMMIT_SCRIPT", "UPLOAD_TTL", "WINDOW", "RefusedError", "Upload"]
 
@@ -79,14 +80,6 @@ class Lane(Protocol):
     def enqueue(self, packed: list[bytes], size: int) -> asyncio.Future[str]: ...
 
 
-def _bulk(arg: bytes) -> bytes:
-    return b"$%d\r\n%b\r\n" % (len(arg), arg)
-
-
-def _command(*args: bytes) -> list[bytes]:
-    return [b"*%d\r\n" % len(args) + b"".join(_bulk(a) for a in args)]
-
-
 async def _settle(future: asyncio.Future[str]) -> None:
     await asyncio.wait({future})
 
@@ -135,9 +128,9 @@ class Upload:
     def _send(self) -> None:
         parts, size = self._buffer, self._buffered
         self._buffer, self._buffered = [], 0
-        head = b"*5\r\n$3\r\nSET\r\n" + _bulk(b"%b:%d" % (self.key, self.chunks)) + b"$%d\r\n" % size
+        head = b"*5\r\n$3\r\nSET\r\n" + bulk(b"%b:%d" % (self.key, self.chunks)) + b"$%d\r\n" % size
         try:
-            future = self._lane().enqueue([head, *parts, b"\r\n$2\r\nEX\r\n" + _bulk(self._ttl)], size)
+            future = self._lane().enqueue([head, *parts, b"\r\n$2\r\nEX\r\n" + bulk(self._ttl)], size)
         except SinkError as exc:  # these octets are gone: the upload can never be whole again
             self._failure = exc
             raise
@@ -179,7 +172,7 @@ class Upload:
                 b"%d" % (maxlen or 0), b"%d" % (window if dedup_key else 0)]
         for name, value in fields:
             args += [name, value]
-        reply = self._lane().enqueue(_command(*args), 0)  # raises at once, nothing sent, while down
+        reply = self._lane().enqueue([command(*args)], 0)  # raises at once, nothing sent, while down
         self._final = "unknown"  # from here on the entry may appear even if we are cancelled
         try:
             entry = await reply
@@ -195,4 +188,4 @@ class Upload:
             return
         keys, self.chunks = chunk_keys(self.key, self.chunks), 0
         with contextlib.suppress(SinkError):  # Redis away: the keys expire
-            await self._lane().enqueue(_command(b"UNLINK", *keys), 0)
+            await self._lane().enqueue([command(b"UNLINK", *keys)], 0)

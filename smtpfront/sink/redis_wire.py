@@ -22,7 +22,7 @@ from typing import Any
 import hiredis
 from redis.asyncio.connection import AbstractConnection
 
-__all__ = ["Channel", "ReplyError", "adopt", "bulk", "xadd_head"]
+__all__ = ["Channel", "ReplyError", "adopt", "bulk", "command", "xadd_head"]
 
 ReplyError = hiredis.ReplyError  # an error reply (-ERR …) is returned in its place, not raised
 
@@ -143,7 +143,13 @@ def adopt(conn: AbstractConnection, label: str, timeout: float) -> Channel:
 
 
 def bulk(arg: bytes) -> bytes:
+    """One RESP bulk string."""
     return b"$%d\r\n%b\r\n" % (len(arg), arg)
+
+
+def command(*args: bytes) -> bytes:
+    """One command in RESP: an array of bulk strings."""
+    return b"*%d\r\n" % len(args) + b"".join(bulk(a) for a in args)
 
 
 def xadd_head(stream: bytes, maxlen: int | None) -> tuple[int, bytes]:
