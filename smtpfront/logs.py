@@ -138,6 +138,11 @@ class _BaseFormatter(logging.Formatter):
         """RFC 3339 UTC with milliseconds, e.g. ``2024-05-01T12:34:56.789Z``."""
         return self.timestamp_of(record.created, int(record.msecs))
 
+    def timestamp_now(self) -> str:
+        """The timestamp of a line made now (without a LogRecord)."""
+        created = time.time()
+        return self.timestamp_of(created, int((created - int(created)) * 1000))
+
     def timestamp_of(self, created: float, msecs: int) -> str:
         second = int(created)
         if second != self._second[0]:
@@ -314,11 +319,10 @@ class _LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return False
-        created = time.time()
         fields = {k: v for k, v in extra.items() if k != _REDACTED_MARK}
         try:
-            line = formatter.line(formatter.timestamp_of(created, int((created - int(created)) * 1000)),
-                                  logging.getLevelName(levelno), logger, msg, fields) + self.terminator
+            line = formatter.line(formatter.timestamp_now(), logging.getLevelName(levelno), logger, msg,
+                                  fields) + self.terminator
         except Exception:
             return False  # the general path formats it again and reports the failure
         self._queue(loop, line)
@@ -335,9 +339,8 @@ class _LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return False
-        created = time.time()
-        doc: dict[str, object] = {"ts": formatter.timestamp_of(created, int((created - int(created)) * 1000)),
-                                  "level": levelname, "logger": logger, "msg": msg}
+        doc: dict[str, object] = {"ts": formatter.timestamp_now(), "level": levelname, "logger": logger,
+                                  "msg": msg}
         if formatter.worker is not None:
             doc["worker"] = formatter.worker
         for key, value in context.items():  # session, client: ours, neither reserved nor secret
