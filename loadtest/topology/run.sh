@@ -219,6 +219,13 @@ stat_of() { "$PY" "$TOPO" stat --socket "$SOCK" "smtpfront$1" | awk '{print $2}'
 is_down() { [ "$(stat_of "$1")" = DOWN ]; }
 gone() { ! alive "$1"; }
 master_is_not() { [ "$(master_addr)" != "$1" ]; }
+all_name() {  # every sentinel names $1 as the master (the failover has reached them all)
+    local n
+    for n in 1 2 3; do
+        [ "$(obs timeout 5 redis-cli -h "$BACK.5$n" -p 26379 --raw sentinel get-master-addr-by-name mymaster \
+            | head -1)" = "$1" ] || return 1
+    done
+}
 both_up() { [ "$(stat_of 1)" = UP ] && [ "$(stat_of 2)" = UP ]; }
 wait_until 40 "HAProxy to see both hosts UP" both_up
 say "HAProxy: smtpfront1 $(stat_of 1), smtpfront2 $(stat_of 2); consumers running"
@@ -281,7 +288,9 @@ fault_kill-redis-primary() {
     new=$(master_addr)
     note "promoted=${new}_after=$((SECONDS - t0))s"
     # The old primary comes back (no persistence: empty) as a replica of the new one; started
-    # only once the failover is done, so it can never be taken for the master again.
+    # only once the failover is done at every sentinel: one that still names the old address
+    # would see it answer again as a replica and make it the master (empty) once more.
+    wait_until 40 "every sentinel to name the new master" all_name "$new" || { FAILED=1; return 0; }
     wait "${PIDS[$node]}" 2>/dev/null || true
     start_redis "$node" "$new"
     wait_until 40 "the old primary to sync as a replica" replica_online "$new" \
