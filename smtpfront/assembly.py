@@ -54,7 +54,7 @@ def build_sink(config: Config) -> Sink:
     """The sink ``config.queue`` names (redis://, rediss://, redis+…://, maildir:DIR, null:)."""
     scheme, _, rest = config.queue.partition(":")
     if scheme in REDIS_SCHEMES:
-        from .sink.redis_streams import RedisStreamSink
+        from .sink.redis.sink import RedisStreamSink
 
         r = config.redis
         return RedisStreamSink.from_url(
@@ -183,7 +183,7 @@ def _objects(config: Config, where: str) -> dict[str, object]:
     store = None
     url = config.client_limits.redis or (config.queue if config.queue.partition(":")[0] in REDIS_SCHEMES else None)
     if url is not None:
-        from .sink.redis_limits import RedisCounters
+        from .sink.redis.limits import RedisCounters
 
         try:
             store = RedisCounters(url, timeout=config.client_limits.timeout)

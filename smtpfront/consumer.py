@@ -25,7 +25,7 @@ Redis errors never end :meth:`Consumer.run`: it logs, backs off (0.1 s doubling 
 reconnects and recreates a vanished group (``NOGROUP`` after a Redis restart) itself.
 
 Redis Cluster (``redis+cluster://…?shards=N``): the front end writes ``N`` shard streams
-``STREAM:{0}`` … ``STREAM:{N-1}`` (see :mod:`smtpfront.sink.redis_streams`). One
+``STREAM:{0}`` … ``STREAM:{N-1}`` (see :mod:`smtpfront.sink.redis.sink`). One
 ``XREADGROUP`` may only name keys of one hash slot, so the consumer runs one loop per shard
 stream, each with its own group creation, ``XAUTOCLAIM`` and dead-letter stream
 ``STREAM:{i}:dead`` (same slot); :meth:`Consumer.stop` stops them all.
@@ -73,7 +73,7 @@ from .delivery import (
 )
 from .idle_consumers import DEFAULT_IDLE_MS, forget_idle
 from .sink.record import BodyRef, RecordError, decode_entry
-from .sink.redis_url import parse_queue_url, shard_stream
+from .sink.redis.url import parse_queue_url, shard_stream
 from .streamops import Client, acknowledge, close_client, dead_letter, has_xackdel, open_client, sweep
 
 __all__ = [
@@ -145,7 +145,7 @@ class Consumer:
         redis_url: ``redis://HOST:PORT/DB`` (also ``rediss://``, ``unix://``),
             ``redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE[/DB]`` or
             ``redis+cluster://HOST:PORT[,HOST:PORT...]/?shards=N`` (see
-            :mod:`smtpfront.sink.redis_streams`).
+            :mod:`smtpfront.sink.redis.sink`).
         stream: the stream the front end writes (sharded: the prefix of ``STREAM:{i}``).
         group: the consumer group; created when missing (on every shard stream).
         name: this consumer's name in the group; ``None`` is ``<hostname>-<pid>``.

@@ -37,7 +37,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from .config import REDIS_SCHEMES, ConfigError, load_config
 from .sink.record import BodyRef, RecordError, decode_entry
-from .sink.redis_url import QueueURL, parse_queue_url, shard_stream
+from .sink.redis.url import QueueURL, parse_queue_url, shard_stream
 from .streamops import Client, close_client, open_client
 
 __all__ = ["add_parser", "read_stats", "run"]

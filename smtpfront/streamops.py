@@ -41,7 +41,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from .sink.record import BodyRef, chunk_keys, decode_entry
-from .sink.redis_url import QueueURL
+from .sink.redis.url import QueueURL
 
 __all__ = ["ACK_SCRIPT", "DEAD_SCRIPT", "Client", "acknowledge", "close_client", "dead_letter", "has_xackdel",
            "open_client", "sweep"]

@@ -23,8 +23,8 @@ from redis.cluster import ClusterNode, RedisCluster
 
 from smtpfront.consumer import Message, PermanentError
 from smtpfront.sink.record import BodyRef, decode_entry
-from smtpfront.sink.redis_streams import RedisStreamSink
-from smtpfront.sink.redis_url import shard_stream
+from smtpfront.sink.redis.sink import RedisStreamSink
+from smtpfront.sink.redis.url import shard_stream
 
 from .conftest import RedisClusterNodes, RedisServer
 from .sink.test_redis_large import body_of, consume, upload

@@ -87,7 +87,7 @@ def test_limits_mirror_core_and_timeouts_and_tls_are_the_connections_own() -> No
 
 
 def test_redis_options_mirror_the_sink() -> None:
-    from smtpfront.sink.redis_streams import RedisStreamSink
+    from smtpfront.sink.redis.sink import RedisStreamSink
 
     params = inspect.signature(RedisStreamSink).parameters
     redis = Config().redis

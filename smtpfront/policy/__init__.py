@@ -8,7 +8,7 @@
 - ``relay``: ``relay-policy``, recipients outside the local domains only for trusted clients.
 - ``limits``: ``client-limits``, per-client connection, rate and AUTH-failure limits (Postfix's
   anvil) over a counter store; ``limits_local``: that store in a file shared by the host's
-  workers (the Redis one is ``sink/redis_limits.py``, passed in by the assembly).
+  workers (the Redis one is ``sink/redis/limits.py``, passed in by the assembly).
 
 Rule (import-linter): policy imports hooks, config and core; never aio, server, supervisor,
 assembly or a sink. The assembly builds the chain from it.

@@ -22,7 +22,7 @@ The client is judged on its own address, ``session.client_address`` (after PROXY
 XCLIENT). A rate counts attempts within a fixed window that starts at the client's first one.
 
 The counters live in a :class:`CounterStore`: the assembly passes the queue's Redis (keys with
-TTLs, one atomic script per check, ``sink/redis_limits.py``) or, with Maildir, a file shared by
+TTLs, one atomic script per check, ``sink/redis/limits.py``) or, with Maildir, a file shared by
 the host's workers (:class:`~smtpfront.policy.limits_local.LocalCounters`). A store that fails
 or does not answer within ``timeout`` lets the client through: a limiter must never stop mail.
 For ``PAUSE`` seconds after a failure the checks do not wait for the store at all (a Redis that

@@ -24,8 +24,8 @@ from smtpfront.server import SMTPServer
 from smtpfront.sink.base import SinkError
 from smtpfront.sink.maildir import MaildirSink
 from smtpfront.sink.record import chunk_keys
-from smtpfront.sink.redis_large import CHUNK_SIZE
-from smtpfront.sink.redis_streams import RedisStreamSink
+from smtpfront.sink.redis.large import CHUNK_SIZE
+from smtpfront.sink.redis.sink import RedisStreamSink
 
 from ..conftest import RedisServer
 from ..sink.test_redis_streams import envelope

@@ -129,7 +129,7 @@ def test_concurrent_connections_are_counted_across_two_serves_sharing_redis(
 
 def test_a_slot_a_killed_worker_kept_lapses(redis_server: RedisServer) -> None:
     """The TTL safety net: a slot never given back expires after ``hold`` seconds."""
-    from smtpfront.sink.redis_limits import RedisCounters
+    from smtpfront.sink.redis.limits import RedisCounters
 
     async def run() -> list[bool]:
         store = RedisCounters(redis_server.url)
@@ -308,7 +308,7 @@ def test_config_keys() -> None:
 
 def test_the_counts_work_in_a_redis_cluster(redis_cluster: RedisClusterNodes) -> None:
     """A cluster URL: each script's one key is hash-tagged by client, so any node's slot serves it."""
-    from smtpfront.sink.redis_limits import RedisCounters
+    from smtpfront.sink.redis.limits import RedisCounters
 
     clients = [f"198.51.100.{i}" for i in range(12)]  # spread over the three masters' slots
 

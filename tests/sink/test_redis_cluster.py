@@ -25,8 +25,8 @@ from smtpfront.consumer import Consumer, Message
 from smtpfront.server import SMTPServer
 from smtpfront.sink.base import SinkError
 from smtpfront.sink.record import decode_record
-from smtpfront.sink.redis_streams import RedisStreamSink
-from smtpfront.sink.redis_url import DEFAULT_SHARDS, QueueURL, parse_queue_url, shard_stream
+from smtpfront.sink.redis.sink import RedisStreamSink
+from smtpfront.sink.redis.url import DEFAULT_SHARDS, QueueURL, parse_queue_url, shard_stream
 
 from ..conftest import RedisClusterNodes, RedisServer, free_port
 from .test_redis_streams import attempt, envelope

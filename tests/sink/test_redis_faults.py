@@ -27,7 +27,7 @@ import uvloop
 from smtpfront.server import SMTPServer
 from smtpfront.sink.base import SinkError
 from smtpfront.sink.record import decode_record
-from smtpfront.sink.redis_streams import RedisStreamSink
+from smtpfront.sink.redis.sink import RedisStreamSink
 
 from ..conftest import RedisServer, free_port
 from .test_redis_streams import commit, record_metrics, until

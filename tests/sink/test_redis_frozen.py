@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from smtpfront.sink.redis_streams import RedisStreamSink
+from smtpfront.sink.redis.sink import RedisStreamSink
 
 from ..conftest import RedisServer
 from .test_redis_faults import QUEUED, read_reply, redis_client, smtp_server

@@ -26,9 +26,9 @@ from redis.cluster import ClusterNode, RedisCluster
 from smtpfront.consumer import Consumer, Handler, Message, exec_handler, maildir_handler, streaming
 from smtpfront.sink.base import SinkError
 from smtpfront.sink.record import FORMAT_VERSION, LARGE_VERSION, BodyRef, chunk_keys, decode_entry
-from smtpfront.sink.redis_large import CHUNK_SIZE, WINDOW
-from smtpfront.sink.redis_streams import RedisStreamSink
-from smtpfront.sink.redis_url import shard_stream
+from smtpfront.sink.redis.large import CHUNK_SIZE, WINDOW
+from smtpfront.sink.redis.sink import RedisStreamSink
+from smtpfront.sink.redis.url import shard_stream
 
 from ..conftest import RedisClusterNodes, RedisServer
 from .test_redis_faults import smtp_server

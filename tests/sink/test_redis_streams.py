@@ -13,10 +13,11 @@ import redis
 
 from smtpfront.core.events import Address, MailParams, RcptParams, Recipient
 from smtpfront.server import SMTPServer
-from smtpfront.sink import redis_lane, redis_streams
 from smtpfront.sink.base import Envelope, SinkError
 from smtpfront.sink.record import FORMAT_VERSION, decode_record
-from smtpfront.sink.redis_streams import RedisStreamSink
+from smtpfront.sink.redis import lane as redis_lane
+from smtpfront.sink.redis import sink as redis_streams
+from smtpfront.sink.redis.sink import RedisStreamSink
 
 from ..conftest import RedisServer
 

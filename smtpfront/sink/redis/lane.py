@@ -1,7 +1,7 @@
 """One connection to one Redis server with its group commit (ARCHITECTURE.md rule 4).
 
 Commits queued while a batch is in flight wait for it and go out together as the next batch:
-one ``write`` of hand-packed RESP on a :class:`~smtpfront.sink.redis_wire.Channel`, whose
+one ``write`` of hand-packed RESP on a :class:`~smtpfront.sink.redis.wire.Channel`, whose
 replies resolve each commit's future. No task runs per batch: the first commit of a loop pass
 schedules the send, the batch's answer sends the next one. A lone commit never waits for
 company; while a large batch is on the wire (:data:`OVERLAP`), a second one may follow
@@ -25,10 +25,10 @@ from typing import Any, Literal, Protocol
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
-from ..metrics import instruments
-from .base import SinkError
-from .redis_large import RefusedError
-from .redis_wire import Channel, ReplyError, adopt, command
+from ...metrics import instruments
+from ..base import SinkError
+from .large import RefusedError
+from .wire import Channel, ReplyError, adopt, command
 
 __all__ = ["IN_FLIGHT", "PROBE_PAUSE", "PROBE_PAUSE_MAX", "Lane", "LaneOwner"]
 

@@ -3,7 +3,7 @@
 ``redis://[USER:PASSWORD@]HOST:PORT/DB`` (``rediss://`` for TLS, ``unix://PATH``),
 ``redis+sentinel://[USER:PASSWORD@]HOST:PORT[,HOST:PORT...]/SERVICE[/DB]`` (``rediss+sentinel://``),
 ``redis+cluster://[USER:PASSWORD@]HOST:PORT[,HOST:PORT...]/?shards=N`` (``rediss+cluster://``).
-What each means for the sink is in :mod:`smtpfront.sink.redis_streams`; the consumer, the
+What each means for the sink is in :mod:`smtpfront.sink.redis.sink`; the consumer, the
 queue tool and the per-client limits read the same URLs through this module.
 """
 

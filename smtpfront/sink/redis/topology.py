@@ -1,11 +1,11 @@
 """Where a Redis queue lives: one server (or the master Sentinel names), or a Cluster.
 
-A topology gives each message its lane (:class:`~smtpfront.sink.redis_lane.Lane`, one per
+A topology gives each message its lane (:class:`~smtpfront.sink.redis.lane.Lane`, one per
 server or Cluster master node) and its stream: the one stream, or in a cluster the shard its
 dedup hash names (a retried message lands on the same shard), else shards by turns, skipping
 those whose node is down. In a cluster, redis-py's ``RedisCluster`` reads the slot map; each
 master node gets a lane of our own; a failure that may mean the map changed refreshes it in
-the background (at most twice a second). The URLs: :mod:`smtpfront.sink.redis_url`.
+the background (at most twice a second). The URLs: :mod:`smtpfront.sink.redis.url`.
 """
 
 from __future__ import annotations
@@ -25,13 +25,14 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
-from .base import SinkError
-from .redis_lane import Lane
-from .redis_url import MAX_SHARDS, QueueURL, check_stream_name, shard_stream
-from .redis_wire import xadd_head
+from ..base import SinkError
+from .lane import Lane
+from .url import MAX_SHARDS, QueueURL, check_stream_name, shard_stream
+from .wire import xadd_head
 
 if TYPE_CHECKING:
-    from .redis_streams import RedisStreamSink, RedisStreamWriter
+    from .sink import RedisStreamSink
+    from .writer import RedisStreamWriter
 
 __all__ = ["Cluster", "Single", "Target", "Topology", "backlog_of"]
 

@@ -1,6 +1,6 @@
 """The client limits' counters in the queue's Redis, shared by every worker of every pod.
 
-The queue URL (``queue``) is read with :func:`~smtpfront.sink.redis_streams.parse_queue_url`:
+The queue URL (``queue``) is read with :func:`~smtpfront.sink.redis.sink.parse_queue_url`:
 one server, the master Sentinel names, or a Cluster. Keys are ``smtpfront:limits:{CLIENT}:KIND``;
 the client is a hash tag, so in a cluster every key of one client (and so every script call)
 lies in one slot. Each check is one atomic Lua script on one key, and every key has a TTL:
@@ -24,7 +24,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
-from .redis_url import parse_queue_url
+from .url import parse_queue_url
 
 __all__ = ["RedisCounters", "PREFIX"]
 

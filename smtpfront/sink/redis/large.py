@@ -26,9 +26,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Literal, Protocol
 
-from .base import SinkError
-from .record import BodyRef, chunk_keys
-from .redis_wire import bulk, command
+from ..base import SinkError
+from ..record import BodyRef, chunk_keys
+from .wire import bulk, command
 
 __all__ = ["CHUNK_SIZE", "COMMIT_SCRIPT", "UPLOAD_TTL", "WINDOW", "RefusedError", "Upload"]
 
