@@ -205,7 +205,8 @@ class HookChain:
     def __init__(self) -> None:
         self._plugins: list[_Plugin] = []
         self._ordered: list[Hooks] = []
-        self._implemented: frozenset[str] = frozenset()
+        self.implemented: frozenset[str] = frozenset()
+        """The hooks some plugin overrides (the server skips the others; read per command)."""
         self.middleware: list[Middleware] = []
 
     def use(self, hooks: Hooks, *, name: str | None = None, before: Sequence[str] = (),
@@ -217,7 +218,7 @@ class HookChain:
             raise ValueError(f"a plugin named {plugin_name!r} is already in use")
         self._plugins.append(_Plugin(hooks, plugin_name, tuple(before), tuple(after)))
         self._ordered = self._order()
-        self._implemented = frozenset(
+        self.implemented = frozenset(
             name for name in HOOK_NAMES
             if any(getattr(type(h), name) is not getattr(Hooks, name) for h in self._ordered)
         )
@@ -255,7 +256,7 @@ class HookChain:
 
     def implements(self, hook: str) -> bool:
         """True if any plugin overrides ``hook`` (so the server can skip the default fast)."""
-        return hook in self._implemented
+        return hook in self.implemented
 
     async def ask(self, hook: str, *args: Any) -> Any:
         """Ask each plugin in order; the first answer that is not None wins."""

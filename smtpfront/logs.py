@@ -226,6 +226,25 @@ def _safe_extra(context: Mapping[str, object], fields: Mapping[str, object]) -> 
     return extra
 
 
+def client_label(client: str | tuple[Any, ...]) -> str:
+    """``"ip:port"`` for a peername tuple ``(host, port, ...)`` (IPv6 in brackets); a string as it is."""
+    if isinstance(client, tuple):
+        host = str(client[0])
+        return f"[{host}]:{client[1]}" if ":" in host else f"{host}:{client[1]}"
+    return client
+
+
+def session_event(logger: logging.Logger, context: Mapping[str, object], name: str,
+                  fields: Mapping[str, object]) -> None:
+    """One INFO session event (:meth:`SessionLogger.event`) without an adapter: ``context``
+    is ``{"session": …, "client": …}``. The per-message ``queued`` line takes this path."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    handler = _only_line_handler(logger, logging.INFO)
+    if handler is None or not handler.queue_event("INFO", logger.name, name, context, fields):
+        logger.info(name, extra=_safe_extra(context, fields), stacklevel=3)
+
+
 class SessionLogger(logging.LoggerAdapter[logging.Logger]):
     """Per-connection logger: every record carries ``session`` and ``client``.
 
@@ -233,10 +252,7 @@ class SessionLogger(logging.LoggerAdapter[logging.Logger]):
     """
 
     def __init__(self, logger: logging.Logger, session: str, client: str | tuple[Any, ...]) -> None:
-        if isinstance(client, tuple):
-            host = str(client[0])
-            client = f"[{host}]:{client[1]}" if ":" in host else f"{host}:{client[1]}"
-        super().__init__(logger, {"session": session, "client": client})
+        super().__init__(logger, {"session": session, "client": client_label(client)})
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
         kwargs["extra"] = _safe_extra(self.extra or {}, kwargs.get("extra") or {})
@@ -250,12 +266,7 @@ class SessionLogger(logging.LoggerAdapter[logging.Logger]):
         loop runs, it is formatted and queued directly, without a ``LogRecord``: the same
         line for a few µs instead of ~50 (one per message at the default level).
         """
-        logger = self.logger
-        if not logger.isEnabledFor(logging.INFO):
-            return
-        handler = _only_line_handler(logger, logging.INFO)
-        if handler is None or not handler.queue_event("INFO", logger.name, name, self.extra or {}, fields):
-            logger.info(name, extra=_safe_extra(self.extra or {}, fields), stacklevel=2)
+        session_event(self.logger, self.extra or {}, name, fields)
 
     def debug_event(self, name: str, /, **fields: object) -> None:
         """`event` at DEBUG: the form for the per-command hot path (§7.14)."""
@@ -346,8 +357,11 @@ class _LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         for key, value in context.items():  # session, client: ours, neither reserved nor secret
             doc[key] = value
         for key, value in fields.items():
-            name = key + "_" if key in _RESERVED else key
-            doc[name + "_" if name in _BASE_KEYS else name] = _REDACTED if _secret(key) else _redacted(value, 1)
+            plan = _FIELD_PLANS.get(key)
+            if plan is None:
+                plan = _field_plan(key)
+            name, secret = plan
+            doc[name] = _REDACTED if secret else value if type(value) in _SCALARS else _redacted(value, 1)
         try:
             line = _dumps(doc) + self.terminator
         except Exception:
@@ -372,6 +386,19 @@ class _LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
                     self.stream.flush()
         finally:
             self.release()
+
+
+_FIELD_PLANS: dict[str, tuple[str, bool]] = {}
+"""A session event's field name → (its key in the line, whether its value is redacted): the
+same few names on every line, so renaming and the secret-name scan run once per name."""
+
+
+def _field_plan(key: str) -> tuple[str, bool]:
+    name = key + "_" if key in _RESERVED else key
+    plan = (name + "_" if name in _BASE_KEYS else name, _secret(key))
+    if len(_FIELD_PLANS) < 4096:
+        _FIELD_PLANS[key] = plan
+    return plan
 
 
 def _only_line_handler(logger: logging.Logger, levelno: int) -> _LineHandler | None:

@@ -427,7 +427,7 @@ class Instruments:
         self.message_size: Any = held(m.message_size) if m else off
         self.queue_write: Any = held(m.queue_write_seconds) if m else off
         self.dot_to_reply: Any = held(m.dot_to_reply_seconds) if m else off
-        self.batch_size: Any = m.queue_batch_size if m else off
+        self.batch_size: Any = held(m.queue_batch_size) if m else off
         self.queue_errors: Any = m.queue_errors if m else off
         self.queue_up: Any = m.queue_up if m else off
         self.queue_up.set(1)  # a gauge file starts at 0; sinks that can be down set 0 when they are

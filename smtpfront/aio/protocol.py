@@ -540,7 +540,8 @@ class SMTPProtocol(asyncio.BufferedProtocol):
     def _answer(self, verb: str, event: Event, default: Reply, hook: str | None, *args: Any,
                 apply: Callable[[Reply, object], None] | None = None) -> Coroutine[Any, Any, None] | None:
         """Reply with ``default`` at once, unless a hook or middleware must be asked."""
-        if not self.hooks.middleware and (hook is None or not self.hooks.implements(hook)):
+        hooks = self.hooks
+        if not hooks.middleware and (hook is None or hook not in hooks.implemented):
             self.conn.send(default)
             if apply is not None:
                 apply(default, None)
@@ -660,7 +661,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
 
     def _start_message(self, verb: str, event: Event) -> Coroutine[Any, Any, None] | None:
         """DATA or the first BDAT: decide (a task only if a hook or middleware is asked), then begin."""
-        if self.hooks.middleware or self.hooks.implements("on_data_start"):
+        if self.hooks.middleware or "on_data_start" in self.hooks.implemented:
             return self._decide_start(verb, event)
         self._begin_message(verb, R.START_DATA)
         return None
@@ -684,7 +685,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             except (SinkError, OSError) as exc:
                 _QUEUE_TROUBLE.warning(log, "session %s: queue refused a new message: %s", self.session.id, exc)
                 reply = _queue_refusal(exc)
-        if reply.is_positive and self.hooks.implements("on_data"):
+        if reply.is_positive and "on_data" in self.hooks.implemented:
             self._stream = BodyStream(self.settings.body_stream_limit)
             self._data_task = self.loop.create_task(self._ask("on_data", self.session, self._stream))
         if verb == "DATA":
@@ -1113,7 +1114,7 @@ async def _quietly(work: Awaitable[None]) -> None:
 def _call_listener(listener: Callable[..., object], name: str, args: tuple[object, ...]) -> None:
     try:
         result = listener(*args)
-        if asyncio.iscoroutine(result):
+        if result is not None and asyncio.iscoroutine(result):  # most listeners return None: no ABC check
             asyncio.get_running_loop().create_task(result)
     except Exception:
         log.exception("%r listener failed", name)

@@ -16,7 +16,7 @@ from ..core import replies as R
 from ..core.events import BdatChunk, BodyChunk, BodyEnd, Event, Helo, MailFrom, RcptTo, Rejected
 from ..core.replies import Reply
 from ..hooks import Listeners, Session, reason_of, rejection_reason
-from ..logs import SessionLogger, sanitize
+from ..logs import SessionLogger, client_label, sanitize, session_event
 from ..metrics import instruments
 from ..sink.base import Envelope
 
@@ -51,11 +51,14 @@ def _on_auth(session: Session, username: str) -> None:
 
 
 def _on_mail(session: Session, envelope: Envelope, queue_id: str) -> None:
-    _logger(session).event(
-        "queued", queue_id=queue_id, transaction=envelope.id, mail_from=sanitize(str(envelope.mail_from)),
-        recipients=len(envelope.recipients), size=envelope.size, helo=sanitize(envelope.helo or ""),
-        protocol=envelope.protocol,
-    )
+    # One line a message: _logger(session).event("queued", ...) without building an adapter.
+    context = {"session": session.id, "client": client_label((session.client_address, session.client_port))}
+    fields = {
+        "queue_id": queue_id, "transaction": envelope.id, "mail_from": sanitize(str(envelope.mail_from)),
+        "recipients": len(envelope.recipients), "size": envelope.size, "helo": sanitize(envelope.helo or ""),
+        "protocol": envelope.protocol,
+    }
+    session_event(_log, context, "queued", fields)
 
 
 def _on_reject(session: Session, reply: Reply) -> None:

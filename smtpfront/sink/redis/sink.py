@@ -83,7 +83,7 @@ from ..base import Envelope, SinkError
 from .large import UPLOAD_TTL
 from .topology import Cluster, Single, Topology
 from .url import parse_queue_url
-from .wire import xadd_head
+from .wire import bulk, xadd_head
 from .writer import DEDUP_SCRIPT, RedisStreamWriter
 
 __all__ = ["RedisStreamSink", "RedisStreamWriter"]
@@ -146,6 +146,9 @@ class RedisStreamSink:
         self._sampler: asyncio.TimerHandle | None = None
         self.dedup_prefix = f"{stream}:dedup:".encode()
         self._dedup_sha = hashlib.sha1(DEDUP_SCRIPT).hexdigest().encode()  # Redis names scripts by SHA-1
+        # The dedup script's call, packed once: EVALSHA sha 2 … and, after the keys, window maxlen.
+        self.evalsha_head = bulk(b"EVALSHA") + bulk(self._dedup_sha) + bulk(b"2")
+        self.evalsha_args = bulk(b"%d" % dedup_window) + bulk(b"%d" % (maxlen or 0))
         self.scripts = (DEDUP_SCRIPT,) if dedup_window else ()  # loaded on every lane's connection
         self.durability = durability
         self.replicas = replicas

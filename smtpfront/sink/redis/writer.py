@@ -22,7 +22,6 @@ from ..base import Envelope, Holding, SinkError
 from ..record import envelope_fields
 from .large import Upload
 from .topology import Target
-from .wire import bulk
 
 if TYPE_CHECKING:
     from .sink import RedisStreamSink
@@ -243,21 +242,16 @@ class RedisStreamWriter:
         """The XADD command in RESP (or the dedup script around it), the body as its parts."""
         sink = self._sink
         fields = envelope_fields(self._envelope)
-        head: list[bytes] = []
-        for name, value in fields:
-            head.append(bulk(name))
-            head.append(bulk(value))
-        head.append(bulk(b"body"))
-        head.append(b"$%d\r\n" % self._size)
+        head = [b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(name), name, len(value), value) for name, value in fields]
+        head.append(b"$4\r\nbody\r\n$%d\r\n" % self._size)
         if dedup_key is None:
             count = sink._xadd_args + 2 * len(fields) + 2
             prefix = b"*%d\r\n" % count + xadd_head
         else:
-            # EVALSHA sha 2 dedup-key stream window maxlen field value ... (see _DEDUP_SCRIPT)
+            # EVALSHA sha 2 dedup-key stream window maxlen field value ... (see DEDUP_SCRIPT)
             count = 7 + 2 * len(fields) + 2
-            prefix = b"*%d\r\n" % count + b"".join(bulk(a) for a in (
-                b"EVALSHA", sink._dedup_sha, b"2", dedup_key, stream,
-                str(sink.dedup_window).encode(), str(sink.maxlen or 0).encode()))
+            prefix = b"*%d\r\n%b$%d\r\n%b\r\n$%d\r\n%b\r\n%b" % (
+                count, sink.evalsha_head, len(dedup_key), dedup_key, len(stream), stream, sink.evalsha_args)
         return [prefix + b"".join(head), *self._parts, b"\r\n"]
 
 
