@@ -60,7 +60,8 @@ def sanitize(value: bytes | bytearray | memoryview | str, limit: int = 200) -> s
         text = value[: limit + 1]
     else:  # <= 4 bytes make one character, so this prefix holds over `limit` whole ones
         text = str(value[: 4 * limit + 8], "utf-8", "surrogateescape")[: limit + 1]
-    escaped = text.translate(_ESCAPES)
+    # Every character _ESCAPES maps but the backslash is unprintable: most text needs no pass.
+    escaped = text if text.isprintable() and "\\" not in text else text.translate(_ESCAPES)
     if len(escaped) <= limit:
         return escaped
     if len(escaped) == len(text):
@@ -141,7 +142,10 @@ class _BaseFormatter(logging.Formatter):
     def timestamp_now(self) -> str:
         """The timestamp of a line made now (without a LogRecord)."""
         created = time.time()
-        return self.timestamp_of(created, int((created - int(created)) * 1000))
+        second = int(created)
+        if second != self._second[0]:
+            self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        return f"{self._second[1]}.{int((created - second) * 1000):03d}Z"
 
     def timestamp_of(self, created: float, msecs: int) -> str:
         second = int(created)

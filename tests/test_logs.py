@@ -457,3 +457,15 @@ def test_a_trouble_repeated_per_message_is_one_line_a_second(out: io.StringIO,
     throttle.warning(log, "queue commit failed: %s", "down")
     assert [line["msg"] for line in lines(out)] == [
         "queue commit failed: down", "queue commit failed: down (and 499 more like it in the last 1 s)"]
+
+
+def test_sanitize_escapes_every_character_it_maps_even_alone_or_among_printable_text() -> None:
+    # sanitize skips the escaping pass for printable text without a backslash: every
+    # character the escape table names must be unprintable (or the backslash) for that to hold.
+    from smtpfront.logs import _ESCAPES
+
+    for code, escape in _ESCAPES.items():
+        char = chr(code)
+        assert sanitize(char) == escape
+        assert sanitize(f"mail{char}from") == f"mail{escape}from"
+    assert sanitize("plain text, é and ü") == "plain text, é and ü"
