@@ -31,40 +31,46 @@ def _logger(session: Session) -> SessionLogger:
     return SessionLogger(_log, session.id, (session.client_address, session.client_port))
 
 
+def _event(session: Session, name: str, fields: dict[str, object]) -> None:
+    """One INFO line: ``_logger(session).event(name, **fields)`` without building an adapter
+    (a few lines a connection, one a message)."""
+    context = {"session": session.id, "client": client_label((session.client_address, session.client_port))}
+    session_event(_log, context, name, fields)
+
+
 def _on_connect(session: Session) -> None:
     if _log.isEnabledFor(logging.INFO):
-        _logger(session).event("connect", local=f"{session.local_address}:{session.local_port}")
+        _event(session, "connect", {"local": f"{session.local_address}:{session.local_port}"})
 
 
 def _on_secure(session: Session) -> None:
     if _log.isEnabledFor(logging.INFO):
-        _logger(session).event("secure", **(session.tls or {}))
+        _event(session, "secure", dict(session.tls or {}))
 
 
 def _on_helo(session: Session) -> None:
     if _log.isEnabledFor(logging.INFO):
-        _logger(session).event("helo", helo=sanitize(session.helo or ""), esmtp=session.esmtp)
+        _event(session, "helo", {"helo": sanitize(session.helo or ""), "esmtp": session.esmtp})
 
 
 def _on_auth(session: Session, username: str) -> None:
-    _logger(session).event("auth", user=sanitize(username))
+    _event(session, "auth", {"user": sanitize(username)})
 
 
 def _on_mail(session: Session, envelope: Envelope, queue_id: str) -> None:
-    # One line a message: _logger(session).event("queued", ...) without building an adapter.
-    context = {"session": session.id, "client": client_label((session.client_address, session.client_port))}
-    fields = {
+    _event(session, "queued", {
         "queue_id": queue_id, "transaction": envelope.id, "mail_from": sanitize(str(envelope.mail_from)),
         "recipients": len(envelope.recipients), "size": envelope.size, "helo": sanitize(envelope.helo or ""),
         "protocol": envelope.protocol,
-    }
-    session_event(_log, context, "queued", fields)
+    })
 
 
 def _on_reject(session: Session, reply: Reply) -> None:
     reason = reason_of(reply)
-    extra = {"reason": reason} if reason is not None else {}
-    _logger(session).event("reject", code=reply.code, enhanced=reply.enhanced, text=sanitize(reply.text), **extra)
+    fields: dict[str, object] = {"code": reply.code, "enhanced": reply.enhanced, "text": sanitize(reply.text)}
+    if reason is not None:
+        fields["reason"] = reason
+    _event(session, "reject", fields)
 
 
 def _count_rejection(session: Session, reply: Reply) -> None:
@@ -79,10 +85,10 @@ def count_rejections(listeners: Listeners) -> None:
 
 
 def _on_close(session: Session) -> None:
-    _logger(session).event(
-        "session", helo=sanitize(session.helo or ""), tls=(session.tls or {}).get("version"), user=session.user,
-        transactions=session.transactions, proxied=session.proxy is not None,
-    )
+    _event(session, "session", {
+        "helo": sanitize(session.helo or ""), "tls": (session.tls or {}).get("version"), "user": session.user,
+        "transactions": session.transactions, "proxied": session.proxy is not None,
+    })
 
 
 def debug_enabled() -> bool:
