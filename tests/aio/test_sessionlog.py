@@ -66,6 +66,17 @@ def test_session_events_are_logged_as_json_without_credentials() -> None:
     assert queued["mail_from"] == "alice@example.org" and queued["recipients"] == 1 and queued["size"] > 0
     plain_blob = base64.b64encode(b"\0alice\0" + SECRET.encode()).decode()  # what AUTH PLAIN sent
     assert SECRET not in text and plain_blob not in text
+    by_name = {r["msg"]: r for r in records if r.get("logger") == "smtpfront.session"}
+    assert by_name["connect"]["local"].startswith("127.0.0.1:")
+    assert by_name["connect"]["client"].startswith("127.0.0.1:")
+    assert (by_name["helo"]["helo"], by_name["helo"]["esmtp"]) == ("client.example", True)
+    assert by_name["auth"]["user"] == "alice"
+    assert queued["protocol"] == "ESMTPA" and queued["helo"] == "client.example" and queued["queue_id"]
+    reject = by_name["reject"]
+    assert (reject["code"], reject["enhanced"]) == (503, "5.5.1") and reject["text"], reject  # RCPT without MAIL
+    summary = by_name["session"]
+    assert (summary["transactions"], summary["user"], summary["proxied"], summary["tls"]) == (1, "alice", False, None)
+    assert all(r["level"] == "INFO" and "ts" in r for r in by_name.values())
 
 
 def test_debug_logs_one_line_per_command_and_reply() -> None:
