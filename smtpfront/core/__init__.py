@@ -10,10 +10,12 @@ import os
 
 __all__ = ["COMPILED_MODULES", "compiled", "stale_modules"]
 
-#: The modules setup.py compiles: the ones a pipelined transaction runs through (proxy.py
-#: and sasl.py run once per session and stay interpreted).
+#: The modules setup.py compiles: the ones a pipelined transaction runs through, and the
+#: readers of each state (proxy.py's grammar and sasl.py's mechanisms run once per session
+#: and stay interpreted).
 COMPILED_MODULES = ("buffer", "capabilities", "commands", "connection", "data", "errors", "events", "grammar",
-                    "options", "replies", "states", "tallies")
+                    "options", "read_body", "read_chunk", "read_command", "read_proxy", "read_sasl", "replies",
+                    "sentinels", "states", "tallies", "verbs")
 
 
 def compiled() -> bool:

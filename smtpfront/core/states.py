@@ -3,7 +3,12 @@
 Rule: everything that decides whether a command is allowed, and where a positive reply
 (or any other event of the session) takes it, lives in this file's tables and constants
 (h11 ``_state.py``, Postfix's command flags). The connection only looks things up here and
-assigns what it found; a command's handler never checks the state itself.
+assigns what it found; a command's handler never checks the state itself (BDAT's excepted:
+its octets follow at once, refused or not, see ``Flag.OCTETS_FOLLOW``).
+
+Each verb is one row of ``_TABLE``: its handler (``verbs.py``: what the line does, and what a
+positive reply to it applies), where it is allowed, where a positive reply leads, its flags.
+Adding a verb is adding its row (and its handler and event).
 
 States (RFC 5321 §4.1.4, §3.3; RFC 3030; RFC 4954; RFC 3207):
 
@@ -31,10 +36,28 @@ from typing import Final
 
 from . import replies as R
 from .replies import Reply
+from .verbs import (
+    AuthHandler,
+    BdatHandler,
+    DataHandler,
+    Handler,
+    HelloHandler,
+    HelpHandler,
+    MailHandler,
+    NoopHandler,
+    QuitHandler,
+    RcptHandler,
+    RsetHandler,
+    StartTlsHandler,
+    VrfyHandler,
+    XclientHandler,
+    XforwardHandler,
+)
 
 __all__ = [
     "State", "Flag", "Command", "COMMANDS", "AFTER_MESSAGE", "AFTER_CHUNK", "AFTER_PROXY", "AFTER_GREETING",
     "AFTER_TLS", "AFTER_SASL", "AFTER_RESET", "CLOSED", "FAILED", "TRANSACTION", "SASL_EXCHANGE", "CHUNK_OCTETS",
+    "COMMAND_STATES", "BODY_REPLY", "SCRAM_SECRET",
 ]
 
 
@@ -72,17 +95,22 @@ class Flag:
     PARAM_LINE: Final = 1 << 4
     # XCLIENT/XFORWARD lines (Postfix allows 2048 octets).
     X_LINE: Final = 1 << 5
+    # Octets follow the line at once, refused or not (RFC 3030 §2: BDAT): the handler reads
+    # the size first, then checks where the verb is allowed (the reader consumes a refused chunk).
+    OCTETS_FOLLOW: Final = 1 << 6
 
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    """One verb's row: where it is allowed and where a positive reply leads.
+    """One verb's row: its handler, where it is allowed and where a positive reply leads.
 
+    ``handler`` reads the verb's line into its event and applies a positive reply (``verbs.py``).
     ``then`` is None when a positive reply leaves the state unchanged. ``refusals``
     gives the precise 503 text for a state the verb is not allowed in.
     """
 
     verb: str
+    handler: Handler
     allowed: frozenset[State]
     then: State | None
     flags: int = Flag.NONE
@@ -118,50 +146,53 @@ _IN_TRANSACTION = R.Reply(503, "5.5.1", "Error: MAIL transaction in progress")
 
 _TABLE = (
     # RFC 5321 §4.1.4: HELO/EHLO may be sent at any time and reset the transaction.
-    Command("HELO", _GREETED, _S.IDLE, Flag.LAST),
-    Command("EHLO", _GREETED, _S.IDLE, Flag.LAST),
-    Command("LHLO", _GREETED, _S.IDLE, Flag.LAST),
+    Command("HELO", HelloHandler(), _GREETED, _S.IDLE, Flag.LAST),
+    Command("EHLO", HelloHandler(), _GREETED, _S.IDLE, Flag.LAST),
+    Command("LHLO", HelloHandler(), _GREETED, _S.IDLE, Flag.LAST),
     Command(
-        "MAIL", frozenset({_S.IDLE}), _S.MAIL, Flag.NEEDS_TLS | Flag.NEEDS_AUTH | Flag.PARAM_LINE,
+        "MAIL", MailHandler(), frozenset({_S.IDLE}), _S.MAIL, Flag.NEEDS_TLS | Flag.NEEDS_AUTH | Flag.PARAM_LINE,
         {_S.INIT: R.NEED_HELO, _S.MAIL: R.NESTED_MAIL, _S.RCPT: R.NESTED_MAIL, _S.BDAT_WAIT: R.NESTED_MAIL},
     ),
     Command(
-        "RCPT", frozenset({_S.MAIL, _S.RCPT}), _S.RCPT, Flag.NEEDS_TLS | Flag.NEEDS_AUTH | Flag.PARAM_LINE,
+        "RCPT", RcptHandler(), frozenset({_S.MAIL, _S.RCPT}), _S.RCPT,
+        Flag.NEEDS_TLS | Flag.NEEDS_AUTH | Flag.PARAM_LINE,
         {_S.INIT: R.NEED_HELO, _S.IDLE: R.NEED_MAIL},
     ),
     Command(
-        "DATA", frozenset({_S.RCPT}), _S.DATA, Flag.LAST | Flag.NEEDS_TLS | Flag.NEEDS_AUTH,
+        "DATA", DataHandler(), frozenset({_S.RCPT}), _S.DATA, Flag.LAST | Flag.NEEDS_TLS | Flag.NEEDS_AUTH,
         {_S.INIT: R.NEED_HELO, _S.IDLE: R.NEED_MAIL, _S.MAIL: R.NEED_RCPT},
     ),
     # BDAT's positive reply comes after its chunk; the chunk's own transitions are below.
     Command(
-        "BDAT", frozenset({_S.RCPT, _S.BDAT_WAIT}), None, Flag.NEEDS_TLS | Flag.NEEDS_AUTH,
+        "BDAT", BdatHandler(), frozenset({_S.RCPT, _S.BDAT_WAIT}), None,
+        Flag.NEEDS_TLS | Flag.NEEDS_AUTH | Flag.OCTETS_FOLLOW,
         {_S.INIT: R.NEED_HELO, _S.IDLE: R.NEED_MAIL, _S.MAIL: R.NEED_RCPT}, during=_S.BDAT,
     ),
     # RFC 5321 §4.1.1.5: RSET ends the transaction; before any HELO the session stays unhelloed.
-    Command("RSET", _GREETED, _S.IDLE, then_before_helo=_S.INIT),
-    Command("NOOP", _GREETED, None),
-    Command("QUIT", _GREETED, _S.CLOSED),
-    Command("VRFY", _GREETED, None, Flag.NEEDS_TLS),
-    Command("HELP", _GREETED, None),
+    Command("RSET", RsetHandler(), _GREETED, _S.IDLE, then_before_helo=_S.INIT),
+    Command("NOOP", NoopHandler(), _GREETED, None),
+    Command("QUIT", QuitHandler(), _GREETED, _S.CLOSED),
+    Command("VRFY", VrfyHandler(), _GREETED, None, Flag.NEEDS_TLS),
+    Command("HELP", HelpHandler(), _GREETED, None),
     # RFC 3207 §4: not inside a transaction; the 220 hands the socket to the TLS layer.
     Command(
-        "STARTTLS", _OUTSIDE_TRANSACTION, _S.STARTTLS, Flag.LAST, dict.fromkeys(TRANSACTION, _IN_TRANSACTION),
+        "STARTTLS", StartTlsHandler(), _OUTSIDE_TRANSACTION, _S.STARTTLS, Flag.LAST,
+        dict.fromkeys(TRANSACTION, _IN_TRANSACTION),
     ),
     # RFC 4954 §4: after EHLO, not during a transaction, at most once successfully. The
     # exchange runs in AUTH (334 challenges are the core's); its final reply returns to IDLE.
     Command(
-        "AUTH", frozenset({_S.IDLE}), _S.IDLE, Flag.LAST | Flag.LONG_LINE | Flag.NEEDS_TLS,
+        "AUTH", AuthHandler(), frozenset({_S.IDLE}), _S.IDLE, Flag.LAST | Flag.LONG_LINE | Flag.NEEDS_TLS,
         {_S.INIT: R.NEED_HELO, **{s: R.AUTH_IN_TRANSACTION for s in TRANSACTION}}, during=_S.AUTH,
     ),
     # Postfix XCLIENT_README: not inside a transaction; success restarts the session (220).
     Command(
-        "XCLIENT", _OUTSIDE_TRANSACTION, _S.INIT, Flag.LAST | Flag.X_LINE,
+        "XCLIENT", XclientHandler(), _OUTSIDE_TRANSACTION, _S.INIT, Flag.LAST | Flag.X_LINE,
         dict.fromkeys(TRANSACTION, _IN_TRANSACTION),
     ),
     # Postfix XFORWARD_README: before MAIL; no state change.
     Command(
-        "XFORWARD", _HELLOED - TRANSACTION, None, Flag.X_LINE,
+        "XFORWARD", XforwardHandler(), _HELLOED - TRANSACTION, None, Flag.X_LINE,
         {_S.INIT: R.NEED_HELO, **dict.fromkeys(TRANSACTION, _IN_TRANSACTION)},
     ),
 )
@@ -175,6 +206,11 @@ def _during(verb: str) -> State:
         raise AssertionError(f"{verb} has no exchange state in the table")
     return state
 
+
+# Replies awaited that no verb's row describes: the reply to a body's end (DATA's final dot,
+# a BDAT chunk), and SCRAM waiting for the user's stored secret (not a reply at all).
+BODY_REPLY: Final = Command("<body>", Handler(), frozenset(), None)
+SCRAM_SECRET: Final = Command("<secret>", Handler(), frozenset(), None)
 
 # The exchanges' states, from the table: AUTH's SASL lines, BDAT's chunk octets.
 SASL_EXCHANGE: Final = _during("AUTH")

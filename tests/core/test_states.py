@@ -8,7 +8,7 @@ import pytest
 from smtpfront.core import replies as R
 from smtpfront.core import states as S
 from smtpfront.core.connection import NEED_DATA, ServerConnection
-from smtpfront.core.events import Helo, Rset
+from smtpfront.core.events import Helo, Noop, Rejected, Rset
 from smtpfront.core.options import Features
 from smtpfront.core.states import COMMAND_STATES, COMMANDS, Flag, State
 
@@ -71,3 +71,47 @@ def test_a_refused_command_changes_nothing() -> None:
     conn.next_event()
     assert conn.state is State.INIT
     assert conn.data_to_send().endswith(COMMANDS["DATA"].refusal(State.INIT).encode(False))
+
+
+def test_every_verb_row_names_a_handler_of_its_own_and_the_awaited_rows_read_nothing() -> None:
+    from smtpfront.core.verbs import Handler
+
+    for command in COMMANDS.values():
+        assert type(command.handler) is not Handler, command.verb
+    for awaited in (S.BODY_REPLY, S.SCRAM_SECRET):
+        assert type(awaited.handler) is Handler and not awaited.allowed
+        with pytest.raises(AssertionError):
+            awaited.handler.read(ServerConnection(), awaited, "")
+
+
+def test_only_bdat_reads_its_octets_before_the_table_allows_it() -> None:
+    assert [c.verb for c in COMMANDS.values() if c.flags & Flag.OCTETS_FOLLOW] == ["BDAT"]
+    conn = ServerConnection(features=Features(chunking=True))
+    conn.send(conn.greeting_reply())
+    conn.receive_data(b"EHLO c.example\r\n")
+    helo = conn.next_event()
+    assert isinstance(helo, Helo)
+    conn.send(conn.hello_reply(helo))
+    conn.receive_data(b"BDAT 3\r\nabcNOOP\r\n")  # no transaction: the 3 octets are read, then refused
+    rejected = conn.next_event()
+    assert isinstance(rejected, Rejected) and rejected.reply == COMMANDS["BDAT"].refusal(State.IDLE)
+    assert conn.state is State.IDLE
+    assert conn.next_event() == Noop()  # the chunk's octets were not read as a command
+
+
+def test_a_positive_reply_applies_the_rows_handler_and_a_negative_one_does_not() -> None:
+    conn = ServerConnection()
+    conn.send(conn.greeting_reply())
+    conn.receive_data(b"EHLO c.example\r\n")
+    helo = conn.next_event()
+    assert isinstance(helo, Helo) and conn.helo is None  # read: pending until the reply
+    conn.send(conn.hello_reply(helo))
+    assert (conn.helo, conn.esmtp) == ("c.example", True)
+    conn.receive_data(b"MAIL FROM:<a@example.org> SMTPUTF8\r\n")
+    conn.next_event()
+    conn.send(R.Reply(451, "4.3.0", "try later"))
+    assert conn.state is State.IDLE and not conn.smtputf8
+    conn.receive_data(b"MAIL FROM:<a@example.org> SMTPUTF8\r\n")
+    conn.next_event()
+    conn.send(R.SENDER_OK)
+    assert conn.state is State.MAIL and conn.smtputf8
