@@ -2,10 +2,9 @@
 
 Rule (ARCHITECTURE.md rule 3 "Nothing lost"; the queue record: CHANGELOG.md): an entry is
 acknowledged only after its handler returned, or in the step that puts a copy of it into the
-dead-letter stream; and (ARCHITECTURE.md rule 10 "Acknowledged means gone") the
-acknowledgement deletes the entry once no consumer group needs it any more (see
-:mod:`smtpfront.streamops`). Anything
-else leaves it pending in the consumer group, so a crash or a failing handler means
+dead-letter stream; and (ARCHITECTURE.md rule 10 "Acknowledged means gone") the acknowledgement
+deletes the entry once no consumer group needs it any more (:mod:`smtpfront.streamops`).
+Anything else leaves it pending in the consumer group, so a crash or a failing handler means
 "delivered again later", never "lost": entries idle for ``claim_idle_ms`` (a crashed
 consumer's, or ones whose handler raised) are taken over with ``XAUTOCLAIM`` and retried,
 until ``max_deliveries`` deliveries, after which the entry goes to the dead-letter stream
@@ -83,8 +82,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_BACKOFF_MIN = 0.1
-_BACKOFF_MAX = 5.0
+_BACKOFF_MIN, _BACKOFF_MAX = 0.1, 5.0  # seconds after a Redis error, doubling
 _REASON_MAX = 1000  # characters of an exception or stderr kept in a dead letter's reason
 
 
