@@ -10,10 +10,9 @@ consumer's, or ones whose handler raised) are taken over with ``XAUTOCLAIM`` and
 until ``max_deliveries`` deliveries, after which the entry goes to the dead-letter stream
 with its ``origin_id``, ``reason`` and ``deliveries``.
 
-At least once means handlers must tolerate duplicates: an ``XACK`` lost with the
-connection, or a handler running longer than ``claim_idle_ms`` (another consumer then
-claims the entry; this consumer does not start its own running delivery again), delivers
-a message twice.
+At least once means handlers must tolerate duplicates: an ``XACK`` lost with the connection,
+or a handler running longer than ``claim_idle_ms`` (another consumer then claims the entry;
+this consumer does not start its own running delivery again), delivers a message twice.
 
 Deliveries run concurrently, at most ``batch`` at once: an entry is read (or claimed) when a
 slot is free and delivered in a task of its own; the deliveries that finished meanwhile are
