@@ -72,6 +72,7 @@ from ..sink.base import Envelope, MessageWriter, Sink, SinkError, StorageFullErr
 from . import budgets
 from .body import BodyStream
 from .budget import Account
+from .flow import Flow
 from .sessionlog import debug_command, debug_enabled, debug_replies
 from .settings import ListenerSettings, in_networks
 from .tally import Tally
@@ -126,11 +127,10 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         self.conn: ServerConnection
         self.session: Session
         self.loop = asyncio.get_running_loop()
-        self._busy = False  # a task owns the connection (hook, sink, TLS)
+        self.busy = False  # a task owns the connection (hook, sink, TLS)
         self._task: asyncio.Task[None] | None = None
-        self._read_paused = False
-        self._write_paused = False
-        self._closed = False
+        self.flow = Flow()  # aio/flow.py: reading paused or resumed
+        self.closed = False
         self._writer: MessageWriter | None = None
         self._stream: BodyStream | None = None
         self._data_task: asyncio.Task[Any] | None = None
@@ -163,7 +163,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             transport.write(R.TOO_MANY_CONNECTIONS.encode(False) if not state.closing
                             else R.SHUTTING_DOWN.encode(False))
             transport.close()
-            self._closed = True
+            self.closed = True
             return
         state.connections.add(self)
         m.active.inc()
@@ -179,6 +179,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             expect_proxy=expect_proxy, tls_active=settings.implicit_tls, require_tls=settings.require_tls,
             require_auth=settings.require_auth, auth_requires_tls=not settings.allow_insecure_auth,
         )
+        self.flow.start(transport, self.conn)
         # Implicit TLS behind a proxy: read the PROXY header exactly, so not one byte of the
         # TLS ClientHello lands in our buffer (the TLS layer must see all of it).
         self._proxy_exact = expect_proxy and settings.implicit_tls
@@ -190,7 +191,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             self._pre_tls = bytearray()
             self._tls_spare = memoryview(bytearray(16 * 1024))
         self.deadline.arm(settings.timeouts.greeting)
-        self._emit("connect", self.session)
+        self.emit("connect", self.session)
         if not expect_proxy:
             if self._greet_now():
                 self._flush()
@@ -222,22 +223,23 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             return
         if self._overrun:
             log.error("session %s: receive buffer overrun", self.session.id)
-            self._crash()
+            self.crash()
             return
         self.conn.commit(nbytes)
-        if not self._busy:
+        if not self.busy:
             self._pump()
         elif not self.conn.buffer.free and not self.conn.buffer.start:
-            self._pause_reading()  # full while a task works: wait for it
+            self.flow.pause_reading()  # full while a task works: wait for it
 
     def eof_received(self) -> bool | None:
         self.conn.receive_data(b"")
-        if not self._busy:
+        if not self.busy:
             self._pump()
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._closed = True
+        self.closed = True
+        self.flow.stop()
         self._end_session()
 
     def _end_session(self) -> None:
@@ -259,18 +261,15 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             if task is not None and not task.done() and task is not current:
                 task.cancel()
         if self._writer is None and self._data_task is None and not self.hooks.implements("on_close"):
-            self._emit("close", self.session)  # nothing to abandon or to ask: no task
+            self.emit("close", self.session)  # nothing to abandon or to ask: no task
         else:
             self.loop.create_task(self._finish_session())
 
     def pause_writing(self) -> None:
-        self._write_paused = True
-        self._pause_reading()
+        self.flow.pause_writing()
 
     def resume_writing(self) -> None:
-        self._write_paused = False
-        if not self._busy:
-            self._resume_reading()
+        self.flow.resume_writing(self.busy)
 
     # -- the event loop of one connection --------------------------------------------------
 
@@ -279,7 +278,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         conn = self.conn
         handled = False
         try:
-            while not self._closed:
+            while not self.closed:
                 event = conn.next_event()
                 if event is NEED_DATA or event is PAUSED:
                     break
@@ -293,25 +292,25 @@ class SMTPProtocol(asyncio.BufferedProtocol):
                     self._run(pending)
                     return
         except RemoteProtocolError as exc:
-            self._emit("reject", self.session, exc.reply)
+            self.emit("reject", self.session, exc.reply)
             self._flush()
             self._close()
             return
         except Exception:
-            self._crash()
+            self.crash()
             return
         self._flush()
         if conn.closing:
             self._close()
-        elif not self._busy:
+        elif not self.busy:
             if handled and conn.state is not State.DATA and conn.state is not State.BDAT:
                 self._touch()  # a whole command arrived: the idle clock restarts
-            self._resume_reading()
+            self.flow.resume_reading()
 
     def _run(self, work: Coroutine[Any, Any, None]) -> None:
         """Let a task own the connection until ``work`` is done, then carry on."""
-        self._busy = True
-        self._pause_reading()
+        self.busy = True
+        self.flow.pause_reading()
         self.deadline.suspend()  # the client is not at fault while we work
         self._task = self.loop.create_task(self._owned(work))
 
@@ -321,11 +320,11 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         except asyncio.CancelledError:
             raise
         except Exception:
-            self._crash()
+            self.crash()
             return
-        self._busy = False
+        self.busy = False
         self._task = None
-        if self._closed:
+        if self.closed:
             return
         if self.conn.state not in _BODY_STATES:
             self._touch()
@@ -335,11 +334,11 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             self.deadline.arm(self.settings.timeouts.data)
         self._pump()
 
-    def _crash(self) -> None:
+    def crash(self) -> None:
         """A bug: log it, tell the client to retry later, close this connection only."""
         log.exception("unexpected error in session %s", self.session.id)
-        self._emit("error", self.session)
-        if self.transport is not None and not self._closed:
+        self.emit("error", self.session)
+        if self.transport is not None and not self.closed:
             self._flush()
             try:  # through the core, so an EHLO session gets its enhanced code
                 self.conn.send(_INTERNAL_ERROR)
@@ -353,28 +352,14 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         data = self.conn.data_to_send()
         if data and self._debug:
             debug_replies(self.session, data)
-        if data and self.transport is not None and not self._closed:
+        if data and self.transport is not None and not self.closed:
             self.transport.write(data)
 
     def _close(self) -> None:
-        if not self._closed and self.transport is not None:
-            self._closed = True
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.flow.stop()
             self.transport.close()
-
-    def _pause_reading(self) -> None:
-        transport = self.transport
-        # uvloop ignores pause_reading() inside connection_made and starts reading after
-        # it, so the flag alone can claim "paused" while the transport reads: ask it too.
-        if transport is not None and not self._closed and (not self._read_paused or transport.is_reading()):
-            self._read_paused = True
-            transport.pause_reading()
-
-    def _resume_reading(self) -> None:
-        if self._read_paused and not self._write_paused and not self._closed and self.transport is not None:
-            if not self.conn.writable():
-                return  # still full: the core must consume first
-            self._read_paused = False
-            self.transport.resume_reading()
 
     # -- deadlines (aio/timeouts.py) ----------------------------------------------------
 
@@ -383,7 +368,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         self.deadline.arm(self.settings.timeouts.idle)
 
     def _timed_out(self) -> None:
-        if self._closed:
+        if self.closed:
             return
         if self._handshaking:  # start_tls owns the transport: no plain-text reply into it
             log.info("session %s: TLS handshake not finished in time", self.session.id)
@@ -393,7 +378,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             self._commit_timed_out()  # the queue did not answer in time: 451, the session goes on
             return
         log.info("session %s timed out in state %s", self.session.id, self.conn.state.name)
-        self._emit("reject", self.session, R.TIMEOUT)
+        self.emit("reject", self.session, R.TIMEOUT)
         self.conn.send(R.TIMEOUT)
         self._flush()
         self._close()
@@ -424,7 +409,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         self.conn.send(reply)
         self.state.instruments.greeting.observe(self.loop.time() - self._accepted)
         if reply.code != 220:
-            self._emit("reject", self.session, reply)
+            self.emit("reject", self.session, reply)
         elif self._draining:  # a graceful stop came during the handshake: greeted, then drained
             self.conn.send(R.SHUTTING_DOWN)
         self._touch()
@@ -489,15 +474,14 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         except (TimeoutError, OSError, ConnectionError) as exc:
             log.info("session %s: TLS handshake failed: %s", self.session.id, exc)
             return False
-        if new is None or new.is_closing() or self._closed:
+        if new is None or new.is_closing() or self.closed:
             # An EOF during the handshake completes start_tls with an already closed transport.
             log.info("session %s: TLS handshake failed: connection closed", self.session.id)
             return False
         self.transport = new
-        self._read_paused = False
-        self._pause_reading()  # the task that owns the connection resumes when it is done
+        self.flow.switch(new)  # paused: the task that owns the connection resumes when it is done
         self.session.tls = tls_facts(new.get_extra_info("ssl_object"))
-        self._emit("secure", self.session)
+        self.emit("secure", self.session)
         return True
 
     def _feed_tls(self, data: bytes) -> bool:
@@ -563,7 +547,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         reply = await self._decide(verb, event, inner)
         self.conn.send(reply)
         if not reply.is_positive:
-            self._emit("reject", self.session, reply)
+            self.emit("reject", self.session, reply)
         if apply is not None:
             apply(reply, extra[0])
 
@@ -589,7 +573,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             if reply.is_positive:
                 self.session.helo, self.session.esmtp = event.hostname, event.esmtp
                 self.session.reset_transaction()
-                self._emit("helo", self.session)
+                self.emit("helo", self.session)
 
         return self._answer(event.verb, event, self.conn.hello_reply(event), "on_helo", self.session,
                             event.hostname, apply=apply)
@@ -602,7 +586,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             # Load shedding (DESIGN rule 5): the queue is past its high-water mark. RFC 5321
             # §4.2.2: 452 "insufficient system storage" asks the client to retry later.
             self.conn.send(R.INSUFFICIENT_STORAGE)
-            self._emit("reject", self.session, R.INSUFFICIENT_STORAGE)
+            self.emit("reject", self.session, R.INSUFFICIENT_STORAGE)
             return None
         def apply(reply: Reply, rewritten: object) -> None:
             if reply.is_positive:
@@ -644,7 +628,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
     def _over_budget(self, reply: Reply) -> Coroutine[Any, Any, None] | None:
         """A session budget is spent: 421 (the core closes after it), one reject line; nothing to await."""
         self.conn.send(reply)
-        self._emit("reject", self.session, reply)
+        self.emit("reject", self.session, reply)
         return None
 
     def _after_rset(self, reply: Reply, _: object) -> None:
@@ -697,7 +681,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             self._refusal = reply
         self.deadline.arm(self.settings.timeouts.data)
         if not reply.is_positive:
-            self._emit("reject", self.session, reply)
+            self.emit("reject", self.session, reply)
 
     _refusal: Reply | None = None
     _account: Account | None = None  # the current message's octets in the worker's memory budget
@@ -805,7 +789,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             self.loop.create_task(_quietly(writer.abort()))
             self._end_message(event, [_queue_refusal(exc)] * due, started)
             return
-        self._busy = True
+        self.busy = True
         self._committing = (future, event, due, started, writer)
         self.deadline.arm(self.settings.timeouts.sink)
         future.add_done_callback(self._committed)
@@ -816,7 +800,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             return  # timed out (answered already)
         self._committing = None
         _, event, due, started, writer = waiting
-        if self._closed:
+        if self.closed:
             return  # the client is gone: the entry stands, no one to tell
         try:
             try:
@@ -830,9 +814,9 @@ class SMTPProtocol(asyncio.BufferedProtocol):
                 replies = self._queued(queue_id, [_ACCEPT] * due, started)
             self._end_message(event, replies, started)
         except Exception:  # a bug (a callback has no task to carry it): this connection only
-            self._crash()
+            self.crash()
             return
-        self._busy = False
+        self.busy = False
         self._pump()
 
     def _commit_timed_out(self) -> None:
@@ -844,7 +828,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
                     self.settings.timeouts.sink)
         self.loop.create_task(_quietly(writer.abort()))
         self._end_message(event, [R.QUEUE_UNAVAILABLE] * due, started)
-        self._busy = False
+        self.busy = False
         self._pump()
 
     def _queued(self, queue_id: str, replies: list[Reply], committing: float) -> list[Reply]:
@@ -853,7 +837,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         m.queue_write.observe(self.loop.time() - committing)
         m.message_size.observe(self._size)
         self.state.messages_accepted += 1
-        self._emit("mail", self.session, self._envelope, queue_id)
+        self.emit("mail", self.session, self._envelope, queue_id)
         ok = Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
         return [ok if r is _ACCEPT else r for r in replies]
 
@@ -867,7 +851,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         refusal = event.error or self._refusal
         if refusal is not None or (not event.last and self._writer is None):
             await self._abandon()
-            self._emit("reject", self.session, refusal or R.QUEUE_UNAVAILABLE)
+            self.emit("reject", self.session, refusal or R.QUEUE_UNAVAILABLE)
             return [refusal or R.QUEUE_UNAVAILABLE] * due
         if not event.last:
             return [Reply(250, "2.0.0", f"{event.size} octets received")]
@@ -947,9 +931,9 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         reply = await self._decide("AUTH", event, inner)
         if reply.code == 235:
             self.session.user = event.credentials.authzid or event.credentials.username
-            self._emit("auth", self.session, event.credentials.username)
+            self.emit("auth", self.session, event.credentials.username)
         else:
-            self._emit("reject", self.session, reply)
+            self.emit("reject", self.session, reply)
             await asyncio.sleep(self.settings.auth_failure_delay)
         self.conn.send(reply)
 
@@ -988,7 +972,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         return self._answer("XFORWARD", event, R.OK, None, apply=apply)
 
     def _on_rejected(self, event: Rejected) -> None:
-        self._emit("reject", self.session, event.reply)
+        self.emit("reject", self.session, event.reply)
 
     def _on_closed(self, event: ConnectionClosed) -> None:
         self._close()
@@ -1009,11 +993,11 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             await asyncio.wait_for(self.hooks.notify_close(self.session), self.settings.timeouts.hook)
         except Exception:
             log.exception("on_close failed for session %s", self.session.id)
-        self._emit("close", self.session)
+        self.emit("close", self.session)
 
     def shutdown(self) -> None:
         """Graceful close: idle sessions get 421 now; a transaction may finish first."""
-        if self._closed:
+        if self.closed:
             return
         if self._handshaking:
             # No transaction yet. A handshake that goes on gets a moment to finish (the kernel
@@ -1022,7 +1006,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             # is over, without a plain-text 421 inside the TLS stream.
             self._draining = True
             self.deadline.arm(min(_HANDSHAKE_GRACE, self.settings.timeouts.tls_handshake))
-        elif self.conn.state in _IDLE_STATES and not self._busy:
+        elif self.conn.state in _IDLE_STATES and not self.busy:
             self.conn.send(R.SHUTTING_DOWN)
             self._flush()
             self._close()
@@ -1031,13 +1015,13 @@ class SMTPProtocol(asyncio.BufferedProtocol):
 
     def abort(self) -> None:
         """The graceful window is over: 421 and close, whatever the state."""
-        if not self._closed:
+        if not self.closed:
             if not self._handshaking:
                 self.conn.send(R.SHUTTING_DOWN)  # through the core: enhanced code only when offered
                 self._flush()
             self._close()
 
-    def _emit(self, name: str, *args: object) -> None:
+    def emit(self, name: str, *args: object) -> None:
         for listener in self.state.listeners.get(name):
             self.loop.call_soon(_call_listener, listener, name, args)
 
