@@ -15,12 +15,18 @@ chunks are handed to the sink synchronously; every wait has a timeout; an unexpe
 exception is logged with its traceback, answered with ``421 4.3.0``, and closes this one
 connection only.
 
-Size (house rule 11, over 1000 lines): this file is the one mapping from core events to
-hooks, sink and replies, one short handler per event type. The deadline (``timeouts.py``),
-the body stream (``body.py``) and the tallies (``tally.py``) are apart; the next split gives
-a message its own object (writer, envelope, body stream, commit and replies: a
-``transaction.py``), then the PROXY/implicit-TLS start-up and the hook/middleware decision
-helpers. It waits for the work in flight on this file to land, as it moves most lines.
+Objects that own their state, one per connection: the message transaction (writer, envelope,
+body stream, commit and replies: ``transaction.py``), flow control (``flow.py``), the
+middleware and hook decisions (``decisions.py``), the deadline (``timeouts.py``); the body
+stream (``body.py``) and the tallies (``tally.py``) are apart too. The protocol holds direct
+references to them, so a command or body chunk costs no extra call layer.
+
+Size (house rule 11, under 800 lines): this file is the one mapping from core events to
+hooks, sink and replies, one short handler per event type, with the asyncio callbacks, the
+pump, graceful close, and the session start (PROXY, reverse lookup, greeting, implicit TLS and
+STARTTLS handshakes). The session start and TLS are the next to leave (a ``start.py``): they
+share the transport, the pre-TLS octets and the handshake flag with ``get_buffer``,
+``buffer_updated`` and ``shutdown``, so they need an object of their own, not a move.
 """
 
 from __future__ import annotations
