@@ -15,12 +15,18 @@ chunks are handed to the sink synchronously; every wait has a timeout; an unexpe
 exception is logged with its traceback, answered with ``421 4.3.0``, and closes this one
 connection only.
 
-Size (house rule 11, over 1000 lines): this file is the one mapping from core events to
-hooks, sink and replies, one short handler per event type. The deadline (``timeouts.py``),
-the body stream (``body.py``) and the tallies (``tally.py``) are apart; the next split gives
-a message its own object (writer, envelope, body stream, commit and replies: a
-``transaction.py``), then the PROXY/implicit-TLS start-up and the hook/middleware decision
-helpers. It waits for the work in flight on this file to land, as it moves most lines.
+Objects that own their state, one per connection: the message transaction (writer, envelope,
+body stream, commit and replies: ``transaction.py``), flow control (``flow.py``), the
+middleware and hook decisions (``decisions.py``), the deadline (``timeouts.py``); the body
+stream (``body.py``) and the tallies (``tally.py``) are apart too. The protocol holds direct
+references to them, so a command or body chunk costs no extra call layer.
+
+Size (house rule 11, under 800 lines): this file is the one mapping from core events to
+hooks, sink and replies, one short handler per event type, with the asyncio callbacks, the
+pump, graceful close, and the session start (PROXY, reverse lookup, greeting, implicit TLS and
+STARTTLS handshakes). The session start and TLS are the next to leave (a ``start.py``): they
+share the transport, the pre-TLS octets and the handshake flag with ``get_buffer``,
+``buffer_updated`` and ``shutdown``, so they need an object of their own, not a move.
 """
 
 from __future__ import annotations
@@ -30,8 +36,7 @@ import itertools
 import logging
 import os
 import socket
-import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar, cast
 
 from ..core import replies as R
@@ -52,7 +57,6 @@ from ..core.events import (
     MailFrom,
     Noop,
     ProxyHeader,
-    ProxyInfo,
     Quit,
     RcptTo,
     Recipient,
@@ -65,25 +69,24 @@ from ..core.events import (
 )
 from ..core.replies import Reply
 from ..core.states import State
-from ..hooks import CommandContext, HookChain, Listeners, Reject, Session
-from ..logs import Throttle
+from ..hooks import HookChain, Listeners, Session
 from ..metrics import instruments
-from ..sink.base import Envelope, MessageWriter, Sink, SinkError, StorageFullError
+from ..sink.base import Envelope, Sink
 from . import budgets
-from .body import BodyStream
-from .budget import Account
+from .decisions import Decisions, ask, constant
+from .flow import Flow
 from .sessionlog import debug_command, debug_enabled, debug_replies
 from .settings import ListenerSettings, in_networks
 from .tally import Tally
 from .timeouts import Deadline
 from .tls import tls_facts
+from .transaction import Transaction
 
 __all__ = ["SMTPProtocol", "ServerState"]
 
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)
 _HANDSHAKE_GRACE = 1.0  # seconds a TLS handshake under way at a graceful stop may still take
-_QUEUE_TROUBLE = Throttle()  # a queue that is away fails every message: one line a second
 _PID = os.getpid()
 
 
@@ -126,15 +129,10 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         self.conn: ServerConnection
         self.session: Session
         self.loop = asyncio.get_running_loop()
-        self._busy = False  # a task owns the connection (hook, sink, TLS)
+        self.busy = False  # a task owns the connection (hook, sink, TLS)
         self._task: asyncio.Task[None] | None = None
-        self._read_paused = False
-        self._write_paused = False
-        self._closed = False
-        self._writer: MessageWriter | None = None
-        self._stream: BodyStream | None = None
-        self._data_task: asyncio.Task[Any] | None = None
-        self._envelope: Envelope | None = None
+        self.flow = Flow()  # aio/flow.py: reading paused or resumed
+        self.closed = False
         self.deadline = Deadline(self.loop, self._timed_out, state.settings.timeouts.idle)
         self._draining = False
         self._proxy_exact = False
@@ -163,7 +161,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             transport.write(R.TOO_MANY_CONNECTIONS.encode(False) if not state.closing
                             else R.SHUTTING_DOWN.encode(False))
             transport.close()
-            self._closed = True
+            self.closed = True
             return
         state.connections.add(self)
         m.active.inc()
@@ -179,6 +177,9 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             expect_proxy=expect_proxy, tls_active=settings.implicit_tls, require_tls=settings.require_tls,
             require_auth=settings.require_auth, auth_requires_tls=not settings.allow_insecure_auth,
         )
+        self.flow.start(transport, self.conn)
+        self.decisions = Decisions(self.hooks, self.session, self.conn, self.emit, settings.timeouts.hook)
+        self.message = Transaction(self, self.conn, self.session, self.deadline, state, self.emit)
         # Implicit TLS behind a proxy: read the PROXY header exactly, so not one byte of the
         # TLS ClientHello lands in our buffer (the TLS layer must see all of it).
         self._proxy_exact = expect_proxy and settings.implicit_tls
@@ -190,7 +191,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             self._pre_tls = bytearray()
             self._tls_spare = memoryview(bytearray(16 * 1024))
         self.deadline.arm(settings.timeouts.greeting)
-        self._emit("connect", self.session)
+        self.emit("connect", self.session)
         if not expect_proxy:
             if self._greet_now():
                 self._flush()
@@ -222,22 +223,23 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             return
         if self._overrun:
             log.error("session %s: receive buffer overrun", self.session.id)
-            self._crash()
+            self.crash()
             return
         self.conn.commit(nbytes)
-        if not self._busy:
+        if not self.busy:
             self._pump()
         elif not self.conn.buffer.free and not self.conn.buffer.start:
-            self._pause_reading()  # full while a task works: wait for it
+            self.flow.pause_reading()  # full while a task works: wait for it
 
     def eof_received(self) -> bool | None:
         self.conn.receive_data(b"")
-        if not self._busy:
+        if not self.busy:
             self._pump()
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._closed = True
+        self.closed = True
+        self.flow.stop()
         self._end_session()
 
     def _end_session(self) -> None:
@@ -254,23 +256,20 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         self.state.instruments.active.dec()
         self.state.tally.session_ended(self.conn, self.session.tls is not None, self.session.user is not None)
         self.deadline.cancel()
-        current = asyncio.current_task()
-        for task in (self._task, self._data_task):
+        current, message = asyncio.current_task(), self.message
+        for task in (self._task, message.data_task):
             if task is not None and not task.done() and task is not current:
                 task.cancel()
-        if self._writer is None and self._data_task is None and not self.hooks.implements("on_close"):
-            self._emit("close", self.session)  # nothing to abandon or to ask: no task
+        if message.writer is None and message.data_task is None and not self.hooks.implements("on_close"):
+            self.emit("close", self.session)  # nothing to abandon or to ask: no task
         else:
             self.loop.create_task(self._finish_session())
 
     def pause_writing(self) -> None:
-        self._write_paused = True
-        self._pause_reading()
+        self.flow.pause_writing()
 
     def resume_writing(self) -> None:
-        self._write_paused = False
-        if not self._busy:
-            self._resume_reading()
+        self.flow.resume_writing(self.busy)
 
     # -- the event loop of one connection --------------------------------------------------
 
@@ -279,7 +278,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         conn = self.conn
         handled = False
         try:
-            while not self._closed:
+            while not self.closed:
                 event = conn.next_event()
                 if event is NEED_DATA or event is PAUSED:
                     break
@@ -293,25 +292,25 @@ class SMTPProtocol(asyncio.BufferedProtocol):
                     self._run(pending)
                     return
         except RemoteProtocolError as exc:
-            self._emit("reject", self.session, exc.reply)
+            self.emit("reject", self.session, exc.reply)
             self._flush()
             self._close()
             return
         except Exception:
-            self._crash()
+            self.crash()
             return
         self._flush()
         if conn.closing:
             self._close()
-        elif not self._busy:
+        elif not self.busy:
             if handled and conn.state is not State.DATA and conn.state is not State.BDAT:
                 self._touch()  # a whole command arrived: the idle clock restarts
-            self._resume_reading()
+            self.flow.resume_reading()
 
     def _run(self, work: Coroutine[Any, Any, None]) -> None:
         """Let a task own the connection until ``work`` is done, then carry on."""
-        self._busy = True
-        self._pause_reading()
+        self.busy = True
+        self.flow.pause_reading()
         self.deadline.suspend()  # the client is not at fault while we work
         self._task = self.loop.create_task(self._owned(work))
 
@@ -321,11 +320,11 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         except asyncio.CancelledError:
             raise
         except Exception:
-            self._crash()
+            self.crash()
             return
-        self._busy = False
+        self.busy = False
         self._task = None
-        if self._closed:
+        if self.closed:
             return
         if self.conn.state not in _BODY_STATES:
             self._touch()
@@ -335,11 +334,11 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             self.deadline.arm(self.settings.timeouts.data)
         self._pump()
 
-    def _crash(self) -> None:
+    def crash(self) -> None:
         """A bug: log it, tell the client to retry later, close this connection only."""
         log.exception("unexpected error in session %s", self.session.id)
-        self._emit("error", self.session)
-        if self.transport is not None and not self._closed:
+        self.emit("error", self.session)
+        if self.transport is not None and not self.closed:
             self._flush()
             try:  # through the core, so an EHLO session gets its enhanced code
                 self.conn.send(_INTERNAL_ERROR)
@@ -353,28 +352,14 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         data = self.conn.data_to_send()
         if data and self._debug:
             debug_replies(self.session, data)
-        if data and self.transport is not None and not self._closed:
+        if data and self.transport is not None and not self.closed:
             self.transport.write(data)
 
     def _close(self) -> None:
-        if not self._closed and self.transport is not None:
-            self._closed = True
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.flow.stop()
             self.transport.close()
-
-    def _pause_reading(self) -> None:
-        transport = self.transport
-        # uvloop ignores pause_reading() inside connection_made and starts reading after
-        # it, so the flag alone can claim "paused" while the transport reads: ask it too.
-        if transport is not None and not self._closed and (not self._read_paused or transport.is_reading()):
-            self._read_paused = True
-            transport.pause_reading()
-
-    def _resume_reading(self) -> None:
-        if self._read_paused and not self._write_paused and not self._closed and self.transport is not None:
-            if not self.conn.writable():
-                return  # still full: the core must consume first
-            self._read_paused = False
-            self.transport.resume_reading()
 
     # -- deadlines (aio/timeouts.py) ----------------------------------------------------
 
@@ -383,17 +368,17 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         self.deadline.arm(self.settings.timeouts.idle)
 
     def _timed_out(self) -> None:
-        if self._closed:
+        if self.closed:
             return
         if self._handshaking:  # start_tls owns the transport: no plain-text reply into it
             log.info("session %s: TLS handshake not finished in time", self.session.id)
             self._close()
             return
-        if self._committing is not None:
-            self._commit_timed_out()  # the queue did not answer in time: 451, the session goes on
+        if self.message.committing is not None:
+            self.message.commit_timed_out()  # the queue did not answer in time: 451, the session goes on
             return
         log.info("session %s timed out in state %s", self.session.id, self.conn.state.name)
-        self._emit("reject", self.session, R.TIMEOUT)
+        self.emit("reject", self.session, R.TIMEOUT)
         self.conn.send(R.TIMEOUT)
         self._flush()
         self._close()
@@ -420,22 +405,22 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             self.session.client_name = await self._reverse_lookup()
         if settings.timeouts.greeting_delay:
             await asyncio.sleep(settings.timeouts.greeting_delay)
-        reply = await self._decide("CONNECT", None, self._connect_hook)
+        reply = await self.decisions.decide("CONNECT", None, self._connect_hook)
         self.conn.send(reply)
         self.state.instruments.greeting.observe(self.loop.time() - self._accepted)
         if reply.code != 220:
-            self._emit("reject", self.session, reply)
+            self.emit("reject", self.session, reply)
         elif self._draining:  # a graceful stop came during the handshake: greeted, then drained
             self.conn.send(R.SHUTTING_DOWN)
         self._touch()
 
     async def _connect_hook(self) -> Reply:
         if self.hooks.implements("on_connect"):
-            result = await self._ask("on_connect", self.session)
+            result = await ask(self.hooks, "on_connect", self.session)
             if isinstance(result, Reply):
                 return result
         if self.session.tls and self.hooks.implements("on_secure"):
-            result = await self._ask("on_secure", self.session)
+            result = await ask(self.hooks, "on_secure", self.session)
             if isinstance(result, Reply):
                 return result
         return self.conn.greeting_reply(self.settings.banner)
@@ -489,15 +474,14 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         except (TimeoutError, OSError, ConnectionError) as exc:
             log.info("session %s: TLS handshake failed: %s", self.session.id, exc)
             return False
-        if new is None or new.is_closing() or self._closed:
+        if new is None or new.is_closing() or self.closed:
             # An EOF during the handshake completes start_tls with an already closed transport.
             log.info("session %s: TLS handshake failed: connection closed", self.session.id)
             return False
         self.transport = new
-        self._read_paused = False
-        self._pause_reading()  # the task that owns the connection resumes when it is done
+        self.flow.switch(new)  # paused: the task that owns the connection resumes when it is done
         self.session.tls = tls_facts(new.get_extra_info("ssl_object"))
-        self._emit("secure", self.session)
+        self.emit("secure", self.session)
         return True
 
     def _feed_tls(self, data: bytes) -> bool:
@@ -514,58 +498,6 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             tls.buffer_updated(n)
             view = view[n:]
         return True
-
-    # -- decisions: middleware around hooks ------------------------------------------------
-
-    async def _decide(self, verb: str, event: object, inner: Callable[[], Awaitable[Reply]]) -> Reply:
-        """Run the middleware chain around ``inner``; Reject and timeouts become replies."""
-        chain = inner
-        for middleware in reversed(self.hooks.middleware):
-            chain = _bind(middleware, CommandContext(self.session, verb, event), chain)
-        try:
-            async with asyncio.timeout(self.settings.timeouts.hook):
-                return await chain()
-        except Reject as exc:
-            return exc.reply
-        except TimeoutError:
-            log.warning("session %s: %s decision timed out", self.session.id, verb)
-            return R.LOCAL_ERROR
-
-    async def _ask(self, hook: str, *args: Any) -> Any:
-        try:
-            return await self.hooks.ask(hook, *args)
-        except Reject as exc:
-            return exc.reply
-
-    def _answer(self, verb: str, event: Event, default: Reply, hook: str | None, *args: Any,
-                apply: Callable[[Reply, object], None] | None = None) -> Coroutine[Any, Any, None] | None:
-        """Reply with ``default`` at once, unless a hook or middleware must be asked."""
-        hooks = self.hooks
-        if not hooks.middleware and (hook is None or hook not in hooks.implemented):
-            self.conn.send(default)
-            if apply is not None:
-                apply(default, None)
-            return None
-        return self._answer_async(verb, event, default, hook, args, apply)
-
-    async def _answer_async(self, verb: str, event: Event, default: Reply, hook: str | None,
-                            args: tuple[Any, ...], apply: Callable[[Reply, object], None] | None) -> None:
-        extra: list[object] = [None]
-
-        async def inner() -> Reply:
-            if hook is not None and self.hooks.implements(hook):
-                result = await self.hooks.ask(hook, *args)
-                if isinstance(result, Reply):
-                    return result
-                extra[0] = result
-            return default
-
-        reply = await self._decide(verb, event, inner)
-        self.conn.send(reply)
-        if not reply.is_positive:
-            self._emit("reject", self.session, reply)
-        if apply is not None:
-            apply(reply, extra[0])
 
     # -- handlers: one per event type --------------------------------------------------------
 
@@ -589,9 +521,9 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             if reply.is_positive:
                 self.session.helo, self.session.esmtp = event.hostname, event.esmtp
                 self.session.reset_transaction()
-                self._emit("helo", self.session)
+                self.emit("helo", self.session)
 
-        return self._answer(event.verb, event, self.conn.hello_reply(event), "on_helo", self.session,
+        return self.decisions.answer(event.verb, event, self.conn.hello_reply(event), "on_helo", self.session,
                             event.hostname, apply=apply)
 
     def _on_mail(self, event: MailFrom) -> Coroutine[Any, Any, None] | None:
@@ -602,14 +534,14 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             # Load shedding (DESIGN rule 5): the queue is past its high-water mark. RFC 5321
             # §4.2.2: 452 "insufficient system storage" asks the client to retry later.
             self.conn.send(R.INSUFFICIENT_STORAGE)
-            self._emit("reject", self.session, R.INSUFFICIENT_STORAGE)
+            self.emit("reject", self.session, R.INSUFFICIENT_STORAGE)
             return None
         def apply(reply: Reply, rewritten: object) -> None:
             if reply.is_positive:
                 self.session.mail_from = rewritten if isinstance(rewritten, Address) else event.address
                 self.session.mail_params = event.params
 
-        return self._answer("MAIL", event, R.SENDER_OK, "on_mail_from", self.session, event.address,
+        return self.decisions.answer("MAIL", event, R.SENDER_OK, "on_mail_from", self.session, event.address,
                             event.params, apply=apply)
 
     def _on_rcpt(self, event: RcptTo) -> Coroutine[Any, Any, None] | None:
@@ -618,7 +550,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
                 address = rewritten if isinstance(rewritten, Address) else event.address
                 self.session.recipients.append(Recipient(address, event.params))
 
-        return self._answer("RCPT", event, R.RECIPIENT_OK, "on_rcpt_to", self.session, event.address,
+        return self.decisions.answer("RCPT", event, R.RECIPIENT_OK, "on_rcpt_to", self.session, event.address,
                             event.params, apply=apply)
 
     def _on_simple(self, event: Event) -> Coroutine[Any, Any, None] | None:
@@ -627,7 +559,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             refusal = self._idle_command()
             if refusal is not None:
                 return self._over_budget(refusal)
-        return self._answer(verb, event, reply, None, apply=self._after_rset if verb == "RSET" else None)
+        return self.decisions.answer(verb, event, reply, None, apply=self._after_rset if verb == "RSET" else None)
 
     _idle_commands = 0  # RSET/NOOP/VRFY/HELP and HELO/EHLO since the last MAIL
     _messages = 0  # messages accepted in this session
@@ -644,7 +576,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
     def _over_budget(self, reply: Reply) -> Coroutine[Any, Any, None] | None:
         """A session budget is spent: 421 (the core closes after it), one reject line; nothing to await."""
         self.conn.send(reply)
-        self._emit("reject", self.session, reply)
+        self.emit("reject", self.session, reply)
         return None
 
     def _after_rset(self, reply: Reply, _: object) -> None:
@@ -663,7 +595,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         """DATA or the first BDAT: decide (a task only if a hook or middleware is asked), then begin."""
         if self.hooks.middleware or "on_data_start" in self.hooks.implemented:
             return self._decide_start(verb, event)
-        self._begin_message(verb, R.START_DATA)
+        self.message.begin(verb, R.START_DATA)
         return None
 
     async def _decide_start(self, verb: str, event: Event) -> None:
@@ -671,253 +603,33 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             result = await self.hooks.ask("on_data_start", self.session)
             return result if isinstance(result, Reply) else R.START_DATA
 
-        self._begin_message(verb, await self._decide(verb, event, inner))
-
-    def _begin_message(self, verb: str, reply: Reply) -> None:
-        """Open the sink and start ``on_data`` for a positive decision; answer DATA."""
-        if reply.is_positive:
-            try:
-                envelope = self._make_envelope()
-                self._writer = self.state.sink.open(envelope)
-                self._account = self.settings.budget.open(self._writer)  # aio/budget.py
-                self._size = 0
-                self._envelope = envelope
-            except (SinkError, OSError) as exc:
-                _QUEUE_TROUBLE.warning(log, "session %s: queue refused a new message: %s", self.session.id, exc)
-                reply = _queue_refusal(exc)
-        if reply.is_positive and "on_data" in self.hooks.implemented:
-            self._stream = BodyStream(self.settings.body_stream_limit)
-            self._data_task = self.loop.create_task(self._ask("on_data", self.session, self._stream))
-        if verb == "DATA":
-            self.conn.send(reply if not reply.is_positive or reply.code == 354 else START_DATA)
-            if not reply.is_positive:
-                self._count_outcome(reply)  # the message ends here (BDAT's ends at its chunk)
-        elif not reply.is_positive:
-            # BDAT has no reply before its chunk: remember the refusal for the chunk's end.
-            self._refusal = reply
-        self.deadline.arm(self.settings.timeouts.data)
-        if not reply.is_positive:
-            self._emit("reject", self.session, reply)
-
-    _refusal: Reply | None = None
-    _account: Account | None = None  # the current message's octets in the worker's memory budget
-    _size = 0  # body octets handed to the current writer
-
-    def _make_envelope(self) -> Envelope:
-        session = self.session
-        session.transactions += 1
-        assert session.mail_from is not None and session.mail_params is not None
-        envelope = Envelope(
-            id=f"{session.id}.{session.transactions}", mail_from=session.mail_from,
-            mail_params=session.mail_params, recipients=list(session.recipients), received_at=time.time(),
-            client_address=session.client_address, client_port=session.client_port,
-            client_name=session.client_name, helo=session.helo, protocol=session.protocol, tls=session.tls,
-            user=session.user, proxy=_proxy_facts(session.proxy),
-        )
-        headers = "".join(f"{name}: {value}\r\n" for name, value in session.headers).encode("utf-8")
-        envelope.trace = self.state.trace(envelope, self.settings.hostname) + headers
-        return envelope
+        self.message.begin(verb, await self.decisions.decide(verb, event, inner))
 
     def _on_chunk(self, event: BodyChunk) -> Coroutine[Any, Any, None] | None:
-        writer = self._writer
-        pressure: Awaitable[None] | None = None
-        if writer is not None:
-            self._size += len(event.data)
-            try:
-                writer.write(event.data)
-            except SinkError as exc:
-                _QUEUE_TROUBLE.warning(log, "session %s: queue write failed: %s", self.session.id, exc)
-                self._writer = None
-                self._refusal = _queue_refusal(exc)
-                self.loop.create_task(writer.abort())
-            else:
-                account = self._account  # the worker's memory budget: an add and a compare (aio/budget.py)
-                if account is not None:
-                    account.held += len(event.data)
-                    if account.held > account.mark:
-                        pressure = account.more()
-                # the sink holds too much in flight: stop reading (after this chunk reached on_data)
-                pressure = pressure or writer.pressure()
-        # Extend the body deadline: each octet buys 1/min_data_rate s (slowloris defence).
-        self.deadline.extend(len(event.data) / self.settings.timeouts.min_data_rate)
-        stream = self._stream
-        if stream is not None and not stream.push(bytes(event.data)):
-            return self._wait_for_consumer(stream, pressure)  # the consumer is behind: stop reading
-        return None if pressure is None else self._wait_pressure(pressure)
-
-    async def _wait_pressure(self, pressure: Awaitable[None]) -> None:
-        async with asyncio.timeout(self.settings.timeouts.sink):
-            await pressure
-
-    async def _wait_for_consumer(self, stream: BodyStream, pressure: Awaitable[None] | None = None) -> None:
-        if pressure is not None:
-            await self._wait_pressure(pressure)
-        await asyncio.wait_for(stream.drained.wait(), self.settings.timeouts.hook)
+        return self.message.on_chunk(event)
 
     def _on_body_end(self, event: BodyEnd) -> Coroutine[Any, Any, None] | None:
-        if (event.last and event.error is None and self._refusal is None and self._writer is not None
-                and self._data_task is None):
-            self._commit(event)  # nothing to ask: straight to the sink
-            return None
-        return self._end_chunk(event)
+        return self.message.on_body_end(event)
 
-    async def _end_chunk(self, event: BodyEnd) -> None:
-        started = self.loop.time()
-        self._end_message(event, await self._message_replies(event, self.conn.replies_due), started)
+    def message_ended(self, accepted: bool) -> None:
+        """A message ended (its reply queued): a graceful stop says 421 now; the session's message budget."""
+        if self._draining:
+            self.conn.send(R.SHUTTING_DOWN)
+        elif accepted and self.settings.messages_per_session:
+            self._messages += 1
+            if self._messages >= self.settings.messages_per_session:
+                self._over_budget(budgets.TOO_MANY_MESSAGES)
 
-    def _end_message(self, event: BodyEnd, replies: Sequence[Reply], started: float) -> None:
-        """Send the replies that end a chunk or a message; count the message; the idle clock restarts."""
-        conn = self.conn
-        for reply in replies:
-            conn.send(reply)
-        if event.last:
-            m = self.state.instruments
-            m.dot_to_reply.observe(self.loop.time() - started)
-            m.received_bytes.inc(event.size)
-        if event.last or not replies[0].is_positive:  # the message ends here
-            self._count_outcome(replies[0])
-            self.session.reset_transaction()
-            if self._draining:
-                self.conn.send(R.SHUTTING_DOWN)
-            elif replies[0].is_positive and self.settings.messages_per_session:
-                self._messages += 1
-                if self._messages >= self.settings.messages_per_session:
-                    self._over_budget(budgets.TOO_MANY_MESSAGES)
-        self._touch()
-
-    # -- the commit without a task: a callback on the sink's future, the connection's deadline --
-
-    _committing: tuple[asyncio.Future[str], BodyEnd, int, float, MessageWriter] | None = None
-
-    def _commit(self, event: BodyEnd) -> None:
-        """Commit a message no hook needs to see: the sink's awaitable gets a callback (a
-        coroutine becomes a task), the connection's own deadline bounds the wait, and the
-        client's next commands wait in the receive buffer (reading pauses only when it fills)."""
-        writer, self._writer = self._writer, None
-        assert writer is not None
-        envelope, due, started = self._envelope, self.conn.replies_due, self.loop.time()
-        if envelope is not None:
-            envelope.size = self._size
-        try:
-            future = asyncio.ensure_future(writer.commit())
-        except (SinkError, OSError) as exc:
-            _QUEUE_TROUBLE.warning(log, "session %s: queue commit failed: %s", self.session.id, exc)
-            self.loop.create_task(_quietly(writer.abort()))
-            self._end_message(event, [_queue_refusal(exc)] * due, started)
-            return
-        self._busy = True
-        self._committing = (future, event, due, started, writer)
-        self.deadline.arm(self.settings.timeouts.sink)
-        future.add_done_callback(self._committed)
-
-    def _committed(self, future: asyncio.Future[str]) -> None:
-        waiting = self._committing
-        if waiting is None or waiting[0] is not future:
-            return  # timed out (answered already)
-        self._committing = None
-        _, event, due, started, writer = waiting
-        if self._closed:
-            return  # the client is gone: the entry stands, no one to tell
-        try:
-            try:
-                queue_id = future.result()
-            except (SinkError, OSError, asyncio.CancelledError) as exc:
-                _QUEUE_TROUBLE.warning(log, "session %s: queue commit failed: %s", self.session.id,
-                                       exc or type(exc).__name__)
-                self.loop.create_task(_quietly(writer.abort()))
-                replies = [_queue_refusal(exc)] * due
-            else:
-                replies = self._queued(queue_id, [_ACCEPT] * due, started)
-            self._end_message(event, replies, started)
-        except Exception:  # a bug (a callback has no task to carry it): this connection only
-            self._crash()
-            return
-        self._busy = False
+    def resume(self) -> None:
+        """The commit is answered: the connection carries on with what the client pipelined."""
+        self.busy = False
         self._pump()
-
-    def _commit_timed_out(self) -> None:
-        waiting, self._committing = self._committing, None
-        assert waiting is not None
-        future, event, due, started, writer = waiting
-        future.cancel()
-        _QUEUE_TROUBLE.warning(log, "session %s: queue commit failed: no answer within %s s", self.session.id,
-                    self.settings.timeouts.sink)
-        self.loop.create_task(_quietly(writer.abort()))
-        self._end_message(event, [R.QUEUE_UNAVAILABLE] * due, started)
-        self._busy = False
-        self._pump()
-
-    def _queued(self, queue_id: str, replies: list[Reply], committing: float) -> list[Reply]:
-        """The message is in the queue: count it, tell the listeners, the replies that say so."""
-        m = self.state.instruments
-        m.queue_write.observe(self.loop.time() - committing)
-        m.message_size.observe(self._size)
-        self.state.messages_accepted += 1
-        self._emit("mail", self.session, self._envelope, queue_id)
-        ok = Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
-        return [ok if r is _ACCEPT else r for r in replies]
-
-    def _count_outcome(self, reply: Reply) -> None:
-        """One message ended with ``reply`` (the first, for LMTP): accepted, tempfailed or rejected."""
-        m = self.state.instruments
-        (m.accepted if reply.is_positive else m.tempfailed if reply.is_transient else m.rejected).inc()
-
-    async def _message_replies(self, event: BodyEnd, due: int) -> list[Reply]:
-        """The replies that end a chunk or a message; ``due`` of them (LMTP: per recipient)."""
-        refusal = event.error or self._refusal
-        if refusal is not None or (not event.last and self._writer is None):
-            await self._abandon()
-            self._emit("reject", self.session, refusal or R.QUEUE_UNAVAILABLE)
-            return [refusal or R.QUEUE_UNAVAILABLE] * due
-        if not event.last:
-            return [Reply(250, "2.0.0", f"{event.size} octets received")]
-        decision: Reply | Sequence[Reply] | None = None
-        if self._stream is not None and self._data_task is not None:
-            self._stream.finish()
-            try:
-                decision = await asyncio.wait_for(self._data_task, self.settings.timeouts.hook)
-            except TimeoutError:
-                decision = R.LOCAL_ERROR
-        replies = _per_recipient(decision, due)
-        if not any(r.is_positive for r in replies):
-            await self._abandon()
-            return replies
-        envelope = self._envelope
-        if due > 1 and envelope is not None and len(envelope.recipients) == due:
-            # LMTP: the message is stored only for the recipients it was accepted for; the
-            # client handles the refused ones (bounce or retry), so they must not get it too.
-            envelope.recipients = [rcpt for rcpt, r in zip(envelope.recipients, replies, strict=True)
-                                   if r.is_positive]
-        writer, self._writer = self._writer, None
-        assert writer is not None
-        if envelope is not None:
-            envelope.size = self._size
-        committing = self.loop.time()
-        try:
-            async with asyncio.timeout(self.settings.timeouts.sink):
-                queue_id = await writer.commit()
-        except (TimeoutError, SinkError, OSError) as exc:
-            _QUEUE_TROUBLE.warning(log, "session %s: queue commit failed: %s", self.session.id, exc)
-            await _quietly(writer.abort())
-            return [_queue_refusal(exc)] * due
-        finally:
-            self._stream = self._data_task = None
-        return self._queued(queue_id, replies, committing)
-
-    async def _abandon(self) -> None:
-        writer, self._writer = self._writer, None
-        self._refusal = None
-        if self._data_task is not None and not self._data_task.done():
-            self._data_task.cancel()
-        self._stream = self._data_task = None
-        if writer is not None:
-            await _quietly(writer.abort())
 
     def _on_starttls(self, event: StartTls) -> Coroutine[Any, Any, None] | None:
         return self._starttls(event)
 
     async def _starttls(self, event: StartTls) -> None:
-        reply = await self._decide("STARTTLS", event, _constant(R.READY_TO_START_TLS))
+        reply = await self.decisions.decide("STARTTLS", event, constant(R.READY_TO_START_TLS))
         self.conn.send(reply)
         self._flush()
         if not reply.is_positive:
@@ -930,7 +642,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             self.session.helo, self.session.esmtp = None, False
             self.session.reset_transaction()
             if self.hooks.implements("on_secure"):
-                result = await self._ask("on_secure", self.session)
+                result = await ask(self.hooks, "on_secure", self.session)
                 if isinstance(result, Reply) and not result.is_positive:
                     self.conn.send(R.Reply(421, result.enhanced, result.text))
 
@@ -944,12 +656,12 @@ class SMTPProtocol(asyncio.BufferedProtocol):
                 return result
             return R.AUTH_OK if result is True else R.AUTH_FAILED
 
-        reply = await self._decide("AUTH", event, inner)
+        reply = await self.decisions.decide("AUTH", event, inner)
         if reply.code == 235:
             self.session.user = event.credentials.authzid or event.credentials.username
-            self._emit("auth", self.session, event.credentials.username)
+            self.emit("auth", self.session, event.credentials.username)
         else:
-            self._emit("reject", self.session, reply)
+            self.emit("reject", self.session, reply)
             await asyncio.sleep(self.settings.auth_failure_delay)
         self.conn.send(reply)
 
@@ -978,17 +690,17 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             session.reset_transaction()
 
         greeting = self.conn.greeting_reply(self.settings.banner)
-        return self._answer("XCLIENT", event, greeting, None, apply=apply)
+        return self.decisions.answer("XCLIENT", event, greeting, None, apply=apply)
 
     def _on_xforward(self, event: Xforward) -> Coroutine[Any, Any, None] | None:
         def apply(reply: Reply, _: object) -> None:
             if reply.is_positive:
                 self.session.xforward.update(event.attributes)
 
-        return self._answer("XFORWARD", event, R.OK, None, apply=apply)
+        return self.decisions.answer("XFORWARD", event, R.OK, None, apply=apply)
 
     def _on_rejected(self, event: Rejected) -> None:
-        self._emit("reject", self.session, event.reply)
+        self.emit("reject", self.session, event.reply)
 
     def _on_closed(self, event: ConnectionClosed) -> None:
         self._close()
@@ -1004,16 +716,16 @@ class SMTPProtocol(asyncio.BufferedProtocol):
     # -- the end -------------------------------------------------------------------------
 
     async def _finish_session(self) -> None:
-        await self._abandon()
+        await self.message.abandon()
         try:
             await asyncio.wait_for(self.hooks.notify_close(self.session), self.settings.timeouts.hook)
         except Exception:
             log.exception("on_close failed for session %s", self.session.id)
-        self._emit("close", self.session)
+        self.emit("close", self.session)
 
     def shutdown(self) -> None:
         """Graceful close: idle sessions get 421 now; a transaction may finish first."""
-        if self._closed:
+        if self.closed:
             return
         if self._handshaking:
             # No transaction yet. A handshake that goes on gets a moment to finish (the kernel
@@ -1022,7 +734,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             # is over, without a plain-text 421 inside the TLS stream.
             self._draining = True
             self.deadline.arm(min(_HANDSHAKE_GRACE, self.settings.timeouts.tls_handshake))
-        elif self.conn.state in _IDLE_STATES and not self._busy:
+        elif self.conn.state in _IDLE_STATES and not self.busy:
             self.conn.send(R.SHUTTING_DOWN)
             self._flush()
             self._close()
@@ -1031,84 +743,26 @@ class SMTPProtocol(asyncio.BufferedProtocol):
 
     def abort(self) -> None:
         """The graceful window is over: 421 and close, whatever the state."""
-        if not self._closed:
+        if not self.closed:
             if not self._handshaking:
                 self.conn.send(R.SHUTTING_DOWN)  # through the core: enhanced code only when offered
                 self._flush()
             self._close()
 
-    def _emit(self, name: str, *args: object) -> None:
+    def emit(self, name: str, *args: object) -> None:
         for listener in self.state.listeners.get(name):
             self.loop.call_soon(_call_listener, listener, name, args)
 
 
-START_DATA = R.START_DATA
 _INTERNAL_ERROR = Reply(421, "4.3.0", "Error: internal server error")
-_ACCEPT = Reply(250, "2.0.0", "Ok")
 _SIMPLE: dict[type, tuple[str, Reply]] = {
     Rset: ("RSET", R.RESET_OK), Noop: ("NOOP", R.NOOP_OK), Quit: ("QUIT", R.BYE),
     Vrfy: ("VRFY", R.VRFY_CANNOT), Help: ("HELP", R.HELP),
 }
 
 
-def _queue_refusal(exc: BaseException) -> Reply:
-    """The reply to a queue that cannot take a message: 452 4.3.1 when its storage is full."""
-    return R.INSUFFICIENT_STORAGE if isinstance(exc, StorageFullError) else R.QUEUE_UNAVAILABLE
-
-
-def _per_recipient(decision: Reply | Sequence[Reply] | None, due: int) -> list[Reply]:
-    """Spread an ``on_data`` decision over the replies owed (LMTP: one per recipient)."""
-    if decision is None:
-        return [_ACCEPT] * due
-    if isinstance(decision, Reply):
-        return [decision if not decision.is_positive else _ACCEPT] * due
-    replies = [r if not r.is_positive else _ACCEPT for r in decision]
-    if len(replies) != due:
-        log.error("on_data returned %d replies for %d recipients", len(replies), due)
-        return [R.LOCAL_ERROR] * due
-    return replies
-
-
-def _proxy_facts(info: ProxyInfo | None) -> dict[str, object] | None:
-    """The PROXY header's facts for the envelope (plain values; raw TLVs left out)."""
-    if info is None:
-        return None
-    facts: dict[str, object] = {}
-    for name in ("version", "local", "family", "source_address", "source_port", "dest_address", "dest_port",
-                 "authority", "ssl", "ssl_version", "ssl_cn", "netns"):
-        value = getattr(info, name)
-        if value is not None:
-            facts[name] = value
-    if info.alpn is not None:
-        facts["alpn"] = info.alpn.decode("ascii", "replace")
-    return facts
-
-
 def _known(value: str | None) -> bool:
     return value is not None and value.upper() not in ("[UNAVAILABLE]", "[TEMPUNAVAIL]")
-
-
-def _bind(middleware: Any, ctx: CommandContext, call_next: Callable[[], Awaitable[Reply]]) -> Callable[
-        [], Awaitable[Reply]]:
-    async def step() -> Reply:
-        result: Reply = await middleware(ctx, call_next)
-        return result
-
-    return step
-
-
-def _constant(reply: Reply) -> Callable[[], Awaitable[Reply]]:
-    async def inner() -> Reply:
-        return reply
-
-    return inner
-
-
-async def _quietly(work: Awaitable[None]) -> None:
-    try:
-        await work
-    except Exception:
-        log.exception("sink abort failed")
 
 
 def _call_listener(listener: Callable[..., object], name: str, args: tuple[object, ...]) -> None:

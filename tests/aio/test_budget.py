@@ -1,7 +1,7 @@
 """The worker's memory budget (``aio/budget.py``) with the real writers that take part in it:
 the Redis writer against a real redis-server, the Maildir writer on the real disk.
 
-The protocol's part is replayed as it is written in ``SMTPProtocol._on_chunk``: add the
+The protocol's part is replayed as it is written in ``Transaction.on_chunk``: add the
 chunk to ``held``, ask the budget only past ``mark``.
 """
 
