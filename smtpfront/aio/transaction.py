@@ -216,7 +216,8 @@ class Transaction:
         if envelope is not None:
             envelope.size = self.size
         try:
-            future = asyncio.ensure_future(writer.commit())
+            pending = writer.commit()  # a sink's future as it is (ensure_future is three calls more)
+            future = pending if isinstance(pending, asyncio.Future) else asyncio.ensure_future(pending)
         except (SinkError, OSError) as exc:
             self._give_up(writer, exc)
             self._end_message(event, [queue_refusal(exc)] * due, started)
