@@ -265,21 +265,21 @@ class ServerConnection:
     def _refuse(self, verb: str, exc: LocalProtocolError) -> Rejected:
         """Queue the reply for a client mistake; end the session if it is fatal."""
         reply = exc.reply
-        self._queue(verb or "UNKNOWN", reply)
+        self.queue_reply(verb or "UNKNOWN", reply)
         if exc.fatal or reply.code == 421:
             self.end_session()
             self.state = FAILED
             raise RemoteProtocolError(reply, fatal=True)
-        if reply.code >= 500 and self._count_error():
+        if reply.code >= 500 and self.count_error():
             raise RemoteProtocolError(R.TOO_MANY_ERRORS, fatal=True)
         return Rejected(verb, reply)
 
-    def _count_error(self) -> bool:
+    def count_error(self) -> bool:
         """Count one client error; at the limit queue 421 and return True."""
         self.error_count += 1
         if self.error_count < self.limits.max_errors:
             return False
-        self._queue(self.verb or "UNKNOWN", R.TOO_MANY_ERRORS)
+        self.queue_reply(self.verb or "UNKNOWN", R.TOO_MANY_ERRORS)
         self.end_session()
         return True
 
@@ -323,7 +323,7 @@ class ServerConnection:
         """Answer the event that is waiting (or greet, or send an unsolicited 421)."""
         command = self.awaiting
         code = reply.code
-        # _queue, inlined: this is the hot path of every reply.
+        # queue_reply, inlined: this is the hot path of every reply.
         self.out.append(reply._wire if self.enhanced else reply._wire_plain)
         if command is not None:
             verb = self.verb if command is not SCRAM_SECRET else "AUTH"
@@ -353,13 +353,8 @@ class ServerConnection:
             target = command.target(self.helo is not None)
             if target is not None:
                 self.state = target
-        elif command.verb == "AUTH":
-            self.auth_failures += 1
-            if self.auth_failures >= self.limits.max_auth_failures:
-                self._queue("AUTH", R.TOO_MANY_AUTH_FAILURES)
-                self.end_session()
-        elif reply.code >= 500:
-            self._count_error()
+        else:
+            command.handler.refused(self, code)  # a failed AUTH, or one more client error
 
     def _body_replied(self, code: int) -> None:
         self._replies_due -= 1
@@ -385,7 +380,7 @@ class ServerConnection:
         if self.state in TRANSACTION:
             self.state = AFTER_RESET
 
-    def _queue(self, verb: str, reply: Reply) -> None:
+    def queue_reply(self, verb: str, reply: Reply) -> None:
         """Queue a reply for the wire and count it under the verb it answers."""
         self.out.append(reply.encode(self.enhanced))
         self.tallies.reply(verb, reply.code)

@@ -59,6 +59,11 @@ class Handler:
     def apply(self, conn: ServerConnection) -> None:
         """What a positive reply to the event does, besides the row's move to its next state."""
 
+    def refused(self, conn: ServerConnection, code: int) -> None:
+        """What a negative reply (4xx, 5xx but 421) does: a 5xx is one more client error."""
+        if code >= 500:
+            conn.count_error()
+
 
 class HelloHandler(Handler):
     """HELO, EHLO, LHLO (RFC 5321 §4.1.1.1; RFC 2033 §4.1: LHLO, and only LHLO, in LMTP)."""
@@ -197,6 +202,14 @@ class StartTlsHandler(Handler):
 
 class AuthHandler(Handler):
     """AUTH (RFC 4954 §4): the SASL exchange that follows is ``read_sasl.py``'s."""
+
+    def refused(self, conn: ServerConnection, code: int) -> None:
+        """A failed AUTH counts against ``max_auth_failures``, not as a client error; the last
+        one ends the session with 421."""
+        conn.auth_failures += 1
+        if conn.auth_failures >= conn.limits.max_auth_failures:
+            conn.queue_reply("AUTH", R.TOO_MANY_AUTH_FAILURES)
+            conn.end_session()
 
     def read(self, conn: ServerConnection, command: Command, arg: str) -> Event | None:
         mechanisms = conn.features.auth_mechanisms
