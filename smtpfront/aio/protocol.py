@@ -15,18 +15,19 @@ chunks are handed to the sink synchronously; every wait has a timeout; an unexpe
 exception is logged with its traceback, answered with ``421 4.3.0``, and closes this one
 connection only.
 
-Objects that own their state, one per connection: the message transaction (writer, envelope,
-body stream, commit and replies: ``transaction.py``), flow control (``flow.py``), the
-middleware and hook decisions (``decisions.py``), the deadline (``timeouts.py``); the body
-stream (``body.py``) and the tallies (``tally.py``) are apart too. The protocol holds direct
-references to them, so a command or body chunk costs no extra call layer.
+Objects that own their state, one per connection: the session start (PROXY reading, greeting,
+implicit TLS and STARTTLS handshakes, the octets read before TLS: ``start.py``), the message
+transaction (writer, envelope, body stream, commit and replies: ``transaction.py``), flow
+control (``flow.py``), the middleware and hook decisions (``decisions.py``), the deadline
+(``timeouts.py``); the body stream (``body.py``) and the tallies (``tally.py``) are apart too.
+The protocol holds direct references to them, so a command or body chunk costs no extra call
+layer; a read costs one check (``early``, set only while the session start reads the octets).
 
-Size (house rule 11, under 800 lines): this file is the one mapping from core events to
+Size (house rule 11, about 600 lines): what remains is the one mapping from core events to
 hooks, sink and replies, one short handler per event type, with the asyncio callbacks, the
-pump, graceful close, and the session start (PROXY, reverse lookup, greeting, implicit TLS and
-STARTTLS handshakes). The session start and TLS are the next to leave (a ``start.py``): they
-share the transport, the pre-TLS octets and the handshake flag with ``get_buffer``,
-``buffer_updated`` and ``shutdown``, so they need an object of their own, not a move.
+pump, the session budgets, graceful close and the session's end. They stay together: they
+share the pump's state (``busy``, the task, ``closed``, the budgets) and run for every command,
+so splitting them further would put a call layer between the pump and each handler.
 """
 
 from __future__ import annotations
