@@ -15,18 +15,19 @@ chunks are handed to the sink synchronously; every wait has a timeout; an unexpe
 exception is logged with its traceback, answered with ``421 4.3.0``, and closes this one
 connection only.
 
-Objects that own their state, one per connection: the message transaction (writer, envelope,
-body stream, commit and replies: ``transaction.py``), flow control (``flow.py``), the
-middleware and hook decisions (``decisions.py``), the deadline (``timeouts.py``); the body
-stream (``body.py``) and the tallies (``tally.py``) are apart too. The protocol holds direct
-references to them, so a command or body chunk costs no extra call layer.
+Objects that own their state, one per connection: the session start (PROXY reading, greeting,
+implicit TLS and STARTTLS handshakes, the octets read before TLS: ``start.py``), the message
+transaction (writer, envelope, body stream, commit and replies: ``transaction.py``), flow
+control (``flow.py``), the middleware and hook decisions (``decisions.py``), the deadline
+(``timeouts.py``); the body stream (``body.py``) and the tallies (``tally.py``) are apart too.
+The protocol holds direct references to them, so a command or body chunk costs no extra call
+layer; a read costs one check (``early``, set only while the session start reads the octets).
 
-Size (house rule 11, under 800 lines): this file is the one mapping from core events to
+Size (house rule 11, about 600 lines): what remains is the one mapping from core events to
 hooks, sink and replies, one short handler per event type, with the asyncio callbacks, the
-pump, graceful close, and the session start (PROXY, reverse lookup, greeting, implicit TLS and
-STARTTLS handshakes). The session start and TLS are the next to leave (a ``start.py``): they
-share the transport, the pre-TLS octets and the handshake flag with ``get_buffer``,
-``buffer_updated`` and ``shutdown``, so they need an object of their own, not a move.
+pump, the session budgets, graceful close and the session's end. They stay together: they
+share the pump's state (``busy``, the task, ``closed``, the budgets) and run for every command,
+so splitting them further would put a call layer between the pump and each handler.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ import asyncio
 import itertools
 import logging
 import os
-import socket
 from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar, cast
 
@@ -73,20 +73,19 @@ from ..hooks import HookChain, Listeners, Session
 from ..metrics import instruments
 from ..sink.base import Envelope, Sink
 from . import budgets
-from .decisions import Decisions, ask, constant
+from .decisions import Decisions
 from .flow import Flow
 from .sessionlog import debug_command, debug_enabled, debug_replies
 from .settings import ListenerSettings, in_networks
+from .start import SessionStart
 from .tally import Tally
 from .timeouts import Deadline
-from .tls import tls_facts
 from .transaction import Transaction
 
 __all__ = ["SMTPProtocol", "ServerState"]
 
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)
-_HANDSHAKE_GRACE = 1.0  # seconds a TLS handshake under way at a graceful stop may still take
 _PID = os.getpid()
 
 
@@ -134,11 +133,9 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         self.flow = Flow()  # aio/flow.py: reading paused or resumed
         self.closed = False
         self.deadline = Deadline(self.loop, self._timed_out, state.settings.timeouts.idle)
-        self._draining = False
-        self._proxy_exact = False
-        self._pre_tls: bytearray | None = None  # implicit TLS: octets read before start_tls
-        self._tls_spare = memoryview(b"")
-        self._handshaking = False  # start_tls owns the transport's callbacks
+        self.draining = False
+        self.start: SessionStart  # aio/start.py: PROXY reading, greeting, implicit TLS and STARTTLS
+        self.early: SessionStart | None = None  # the start reads the octets (before TLS, a PROXY header)
 
     # -- asyncio callbacks ------------------------------------------------------------
 
@@ -180,31 +177,21 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         self.flow.start(transport, self.conn)
         self.decisions = Decisions(self.hooks, self.session, self.conn, self.emit, settings.timeouts.hook)
         self.message = Transaction(self, self.conn, self.session, self.deadline, state, self.emit)
-        # Implicit TLS behind a proxy: read the PROXY header exactly, so not one byte of the
-        # TLS ClientHello lands in our buffer (the TLS layer must see all of it).
-        self._proxy_exact = expect_proxy and settings.implicit_tls
-        if settings.implicit_tls and settings.tls_context is not None and not expect_proxy:
-            # uvloop starts reading right after connection_made even if the protocol paused
-            # there, so the start of the ClientHello may be read before start_tls takes the
-            # transport over. Such octets are kept aside (not in the SMTP buffer, where they
-            # would count as early talk) and handed to the TLS layer in _handshake.
-            self._pre_tls = bytearray()
-            self._tls_spare = memoryview(bytearray(16 * 1024))
+        self.start = start = SessionStart(self, self.conn, self.session, self.deadline, self.flow, self.decisions,
+                                          state, self.emit, self._accepted, expect_proxy)
+        self.early = start if start.reads_early else None
         self.deadline.arm(settings.timeouts.greeting)
         self.emit("connect", self.session)
         if not expect_proxy:
-            if self._greet_now():
-                self._flush()
+            if start.greet_now():
+                self.flush()
             else:
-                self._run(self._open_session())
+                self._run(start.open_session())
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        if self._pre_tls is not None:
-            return self._tls_spare
+        if self.early is not None:  # before implicit TLS, or a PROXY header in front of it
+            return self.early.get_buffer()
         room = self.conn.writable()
-        if self._proxy_exact:
-            have = self.conn.buffer.view()
-            return room[: _proxy_bytes_wanted(bytes(have))]
         if not room:
             # Cannot happen while reading is paused whenever the buffer fills (below); if it
             # does, the octets read into the spare are lost, so the session must end.
@@ -216,11 +203,8 @@ class SMTPProtocol(asyncio.BufferedProtocol):
     _debug = False
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self._pre_tls is not None:
-            self._pre_tls += self._tls_spare[:nbytes]
-            if self.transport is not None:
-                self.transport.pause_reading()  # effective now that the transport reads
-            return
+        if self.early is not None and self.early.keep(nbytes):
+            return  # kept aside for the TLS layer
         if self._overrun:
             log.error("session %s: receive buffer overrun", self.session.id)
             self.crash()
@@ -240,13 +224,13 @@ class SMTPProtocol(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.flow.stop()
-        self._end_session()
+        self.end_session()
 
-    def _end_session(self) -> None:
+    def end_session(self) -> None:
         """Release the session, once: the gauge, ``max_clients`` and the drain see it gone.
 
         ``connection_lost`` ends it, and so does a TLS handshake that did not finish
-        (``_handshake``): from ``start_tls`` on the TLS layer owns the transport's callbacks,
+        (``SessionStart.handshake``): from ``start_tls`` on the TLS layer owns the transport's callbacks,
         and it passes ``connection_lost`` on for a handshake it gave up (timeout, not TLS)
         but not for a connection reset or closed by the client mid-handshake.
         """
@@ -293,20 +277,20 @@ class SMTPProtocol(asyncio.BufferedProtocol):
                     return
         except RemoteProtocolError as exc:
             self.emit("reject", self.session, exc.reply)
-            self._flush()
-            self._close()
+            self.flush()
+            self.close()
             return
         except Exception:
             self.crash()
             return
-        data = conn.data_to_send()  # self._flush(), inline: this runs for every read
+        data = conn.data_to_send()  # self.flush(), inline: this runs for every read
         if data:
             if self._debug:
                 debug_replies(self.session, data)
             if self.transport is not None and not self.closed:
                 self.transport.write(data)
         if conn.closing:
-            self._close()
+            self.close()
         elif not self.busy:
             if handled and conn.state is not State.DATA and conn.state is not State.BDAT:
                 self.deadline.arm(self.settings.timeouts.idle)  # a whole command arrived: self._touch()
@@ -345,23 +329,23 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         log.exception("unexpected error in session %s", self.session.id)
         self.emit("error", self.session)
         if self.transport is not None and not self.closed:
-            self._flush()
+            self.flush()
             try:  # through the core, so an EHLO session gets its enhanced code
                 self.conn.send(_INTERNAL_ERROR)
                 data = self.conn.data_to_send()
             except Exception:  # the core itself failed: plain bytes
                 data = _INTERNAL_ERROR.encode(False)
             self.transport.write(data)
-        self._close()
+        self.close()
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         data = self.conn.data_to_send()
         if data and self._debug:
             debug_replies(self.session, data)
         if data and self.transport is not None and not self.closed:
             self.transport.write(data)
 
-    def _close(self) -> None:
+    def close(self) -> None:
         if not self.closed and self.transport is not None:
             self.closed = True
             self.flow.stop()
@@ -376,9 +360,8 @@ class SMTPProtocol(asyncio.BufferedProtocol):
     def _timed_out(self) -> None:
         if self.closed:
             return
-        if self._handshaking:  # start_tls owns the transport: no plain-text reply into it
-            log.info("session %s: TLS handshake not finished in time", self.session.id)
-            self._close()
+        if self.start.handshaking:  # start_tls owns the transport: no plain-text reply into it
+            self.start.timed_out()
             return
         if self.message.committing is not None:
             self.message.commit_timed_out()  # the queue did not answer in time: 451, the session goes on
@@ -386,137 +369,13 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         log.info("session %s timed out in state %s", self.session.id, self.conn.state.name)
         self.emit("reject", self.session, R.TIMEOUT)
         self.conn.send(R.TIMEOUT)
-        self._flush()
-        self._close()
-
-    # -- session start ------------------------------------------------------------------
-
-    def _greet_now(self) -> bool:
-        """Send the greeting at once when nothing must be awaited before it (no TLS handshake,
-        reverse lookup, pregreet delay, on_connect hook or middleware): no task per connection."""
-        settings, hooks = self.settings, self.hooks
-        if ((settings.implicit_tls and settings.tls_context is not None) or settings.reverse_lookup
-                or settings.timeouts.greeting_delay or hooks.middleware or hooks.implements("on_connect")):
-            return False
-        self.conn.send(self.conn.greeting_reply(settings.banner))
-        self.state.instruments.greeting.observe(self.loop.time() - self._accepted)
-        self._touch()
-        return True
-
-    async def _open_session(self) -> None:
-        settings = self.settings
-        if settings.implicit_tls and settings.tls_context is not None and not await self._handshake():
-            return
-        if settings.reverse_lookup:
-            self.session.client_name = await self._reverse_lookup()
-        if settings.timeouts.greeting_delay:
-            await asyncio.sleep(settings.timeouts.greeting_delay)
-        reply = await self.decisions.decide("CONNECT", None, self._connect_hook)
-        self.conn.send(reply)
-        self.state.instruments.greeting.observe(self.loop.time() - self._accepted)
-        if reply.code != 220:
-            self.emit("reject", self.session, reply)
-        elif self._draining:  # a graceful stop came during the handshake: greeted, then drained
-            self.conn.send(R.SHUTTING_DOWN)
-        self._touch()
-
-    async def _connect_hook(self) -> Reply:
-        if self.hooks.implements("on_connect"):
-            result = await ask(self.hooks, "on_connect", self.session)
-            if isinstance(result, Reply):
-                return result
-        if self.session.tls and self.hooks.implements("on_secure"):
-            result = await ask(self.hooks, "on_secure", self.session)
-            if isinstance(result, Reply):
-                return result
-        return self.conn.greeting_reply(self.settings.banner)
-
-    async def _reverse_lookup(self) -> str | None:
-        try:
-            name, _ = await asyncio.wait_for(
-                self.loop.getnameinfo((self.session.client_address, 0), socket.NI_NAMEREQD),
-                self.settings.timeouts.reverse_lookup,
-            )
-            return str(name)
-        except (TimeoutError, OSError):
-            return None
-
-    async def _handshake(self) -> bool:
-        """Run the TLS handshake on this transport (implicit TLS or after STARTTLS).
-
-        However it fails (reset, EOF, not TLS, timeout, closed by a shutdown, cancelled),
-        the session ends here, whether or not the TLS layer reports the lost connection.
-        """
-        done = False
-        self._handshaking = True
-        try:
-            done = await self._start_tls()
-        finally:
-            self._handshaking = False
-            if not done:
-                self._close()
-                self._end_session()
-        return done
-
-    async def _start_tls(self) -> bool:
-        assert self.transport is not None and self.settings.tls_context is not None
-        starting = self.loop.create_task(
-            self.loop.start_tls(self.transport, self, self.settings.tls_context, server_side=True))
-        if self._pre_tls is not None:
-            # start_tls pauses the transport and installs its protocol in its first step,
-            # which runs before this task resumes; until then octets still come here. Hand
-            # them over before start_tls resumes reading (its callbacks come after this).
-            try:
-                await asyncio.sleep(0)
-            except asyncio.CancelledError:  # the connection was lost meanwhile
-                starting.cancel()
-                raise
-            early, self._pre_tls, self._tls_spare = self._pre_tls, None, memoryview(b"")
-            if early and not self._feed_tls(bytes(early)):
-                starting.cancel()
-                return False
-        try:
-            new = await asyncio.wait_for(starting, self.settings.timeouts.tls_handshake)
-        except (TimeoutError, OSError, ConnectionError) as exc:
-            log.info("session %s: TLS handshake failed: %s", self.session.id, exc)
-            return False
-        if new is None or new.is_closing() or self.closed:
-            # An EOF during the handshake completes start_tls with an already closed transport.
-            log.info("session %s: TLS handshake failed: connection closed", self.session.id)
-            return False
-        self.transport = new
-        self.flow.switch(new)  # paused: the task that owns the connection resumes when it is done
-        self.session.tls = tls_facts(new.get_extra_info("ssl_object"))
-        self.emit("secure", self.session)
-        return True
-
-    def _feed_tls(self, data: bytes) -> bool:
-        assert self.transport is not None
-        tls: Any = self.transport.get_protocol()
-        if tls is self or not hasattr(tls, "buffer_updated"):
-            log.warning("session %s: cannot hand early TLS octets to the TLS layer", self.session.id)
-            return False
-        view = memoryview(data)
-        while view:
-            room = tls.get_buffer(len(view))
-            n = min(len(room), len(view))
-            room[:n] = view[:n]
-            tls.buffer_updated(n)
-            view = view[n:]
-        return True
+        self.flush()
+        self.close()
 
     # -- handlers: one per event type --------------------------------------------------------
 
     def _on_proxy(self, event: ProxyHeader) -> Coroutine[Any, Any, None] | None:
-        info = event.info
-        self._proxy_exact = False
-        self.session.proxy = info
-        if not info.local and info.source_address is not None:
-            self.session.client_address = info.source_address
-            self.session.client_port = info.source_port or 0
-            # Trust (XCLIENT, XFORWARD) is the client's own, not the proxy's (ARCHITECTURE.md rule 9).
-            self.conn.use_features(self.settings.features_for(self.session.client_address))
-        return None if self._greet_now() else self._open_session()
+        return self.start.proxy(event)
 
     def _on_helo(self, event: Helo) -> Coroutine[Any, Any, None] | None:
         refusal = self._idle_command()
@@ -619,7 +478,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
 
     def message_ended(self, accepted: bool) -> None:
         """A message ended (its reply queued): a graceful stop says 421 now; the session's message budget."""
-        if self._draining:
+        if self.draining:
             self.conn.send(R.SHUTTING_DOWN)
         elif accepted and self.settings.messages_per_session:
             self._messages += 1
@@ -632,25 +491,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         self._pump()
 
     def _on_starttls(self, event: StartTls) -> Coroutine[Any, Any, None] | None:
-        return self._starttls(event)
-
-    async def _starttls(self, event: StartTls) -> None:
-        reply = await self.decisions.decide("STARTTLS", event, constant(R.READY_TO_START_TLS))
-        self.conn.send(reply)
-        self._flush()
-        if not reply.is_positive:
-            return
-        if await self._handshake():
-            self.conn.tls_established()  # drops anything pipelined before the handshake
-            if self._draining:  # a graceful stop came during the handshake: 421, inside TLS now
-                self.conn.send(R.SHUTTING_DOWN)
-                return
-            self.session.helo, self.session.esmtp = None, False
-            self.session.reset_transaction()
-            if self.hooks.implements("on_secure"):
-                result = await ask(self.hooks, "on_secure", self.session)
-                if isinstance(result, Reply) and not result.is_positive:
-                    self.conn.send(R.Reply(421, result.enhanced, result.text))
+        return self.start.starttls(event)
 
     def _on_auth(self, event: AuthCredentials) -> Coroutine[Any, Any, None]:
         return self._auth(event)
@@ -709,7 +550,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         self.emit("reject", self.session, event.reply)
 
     def _on_closed(self, event: ConnectionClosed) -> None:
-        self._close()
+        self.close()
 
     _HANDLERS: ClassVar[dict[type, Callable[[SMTPProtocol, Any], Coroutine[Any, Any, None] | None]]] = {
         ProxyHeader: _on_proxy, Helo: _on_helo, MailFrom: _on_mail, RcptTo: _on_rcpt, Data: _on_data,
@@ -733,27 +574,23 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         """Graceful close: idle sessions get 421 now; a transaction may finish first."""
         if self.closed:
             return
-        if self._handshaking:
-            # No transaction yet. A handshake that goes on gets a moment to finish (the kernel
-            # gave this worker the connection just before the stop, as in a reload): the client
-            # is then greeted and told 421 inside TLS. One that stalls is closed when the moment
-            # is over, without a plain-text 421 inside the TLS stream.
-            self._draining = True
-            self.deadline.arm(min(_HANDSHAKE_GRACE, self.settings.timeouts.tls_handshake))
+        if self.start.handshaking:  # no transaction yet: the handshake gets a moment to finish
+            self.draining = True
+            self.start.grace()
         elif self.conn.state in _IDLE_STATES and not self.busy:
             self.conn.send(R.SHUTTING_DOWN)
-            self._flush()
-            self._close()
+            self.flush()
+            self.close()
         else:
-            self._draining = True
+            self.draining = True
 
     def abort(self) -> None:
         """The graceful window is over: 421 and close, whatever the state."""
         if not self.closed:
-            if not self._handshaking:
+            if not self.start.handshaking:
                 self.conn.send(R.SHUTTING_DOWN)  # through the core: enhanced code only when offered
-                self._flush()
-            self._close()
+                self.flush()
+            self.close()
 
     def emit(self, name: str, *args: object) -> None:
         for listener in self.state.listeners.get(name):
@@ -779,13 +616,3 @@ def _call_listener(listener: Callable[..., object], name: str, args: tuple[objec
     except Exception:
         log.exception("%r listener failed", name)
 
-
-def _proxy_bytes_wanted(have: bytes) -> int:
-    """How many more octets can be read without reading past a PROXY header."""
-    if len(have) < 12:
-        return 12 - len(have)  # the v2 signature length; a v1 header is at least 15 octets
-    if have.startswith(b"PROXY "):
-        return 1  # v1 ends at CRLF: read it octet by octet (at most 107)
-    if len(have) < 16:
-        return 16 - len(have)
-    return max(1, 16 + int.from_bytes(have[14:16], "big") - len(have))
