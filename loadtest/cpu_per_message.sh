@@ -8,6 +8,9 @@
 #        bash loadtest/cpu_per_message.sh 2750 1 0 redis://127.0.0.1:6379/0 --size 102400 --seconds 5
 # The generator runs on CPU 1; it stops by itself (--seconds, --messages). LOG_LEVEL=INFO
 # measures with the per-message session log the daemon writes by default (WARNING otherwise).
+# SOURCE=1: the generator is Postfix smtp-source instead (one command per round trip, as
+# loadtest/compare.py drives), given smtp-source's flags, run for SECONDS_RUN (5) seconds, e.g.
+#        SOURCE=1 LOG_LEVEL=INFO bash loadtest/cpu_per_message.sh 2750 1 0 redis://127.0.0.1:6379/0 -s 10 -l 1024 -d
 set -euo pipefail
 cd "$(dirname "$0")/.."
 port=$1; workers=$2; cpus=$3; queue=$4; shift 4
@@ -21,10 +24,21 @@ sleep 0.5
 kids=$(pgrep -P "$master")
 cpu() { local t=0; for k in $kids; do t=$((t + $(awk '{print $14+$15}' "/proc/$k/stat"))); done; echo "$t"; }
 t0=$(cpu)
-taskset -c 1 .venv/bin/python -m smtpfront.loadgen "127.0.0.1:$port" "$@" > /tmp/smtpfront-cpm.out
+if [ -n "${SOURCE:-}" ]; then
+    seconds=${SECONDS_RUN:-5}
+    start=$(date +%s.%N)
+    timeout "$seconds" taskset -c 1 smtp-source -c -m 1000000000 -f load@example.org -t sink@example.net \
+        -M loadgen.example "$@" "127.0.0.1:$port" > /tmp/smtpfront-cpm.out 2>&1 || true
+    end=$(date +%s.%N)
+    accepted=$(tr '\r' '\n' < /tmp/smtpfront-cpm.out | grep -E '^[0-9]+$' | tail -1)
+    accepted=${accepted:-0}
+    echo "msgs_per_s: $(awk -v n="$accepted" -v a="$start" -v b="$end" 'BEGIN{printf "%.0f", n/(b-a)}')"
+else
+    taskset -c 1 .venv/bin/python -m smtpfront.loadgen "127.0.0.1:$port" "$@" > /tmp/smtpfront-cpm.out
+    accepted=$(awk '/^accepted/{print $2}' /tmp/smtpfront-cpm.out)
+    grep -E "msgs_per_s|mb_per_s|p99|codes" /tmp/smtpfront-cpm.out
+fi
 t1=$(cpu)
-accepted=$(awk '/^accepted/{print $2}' /tmp/smtpfront-cpm.out)
 ticks=$(getconf CLK_TCK)
 echo "workers=$workers queue=[$queue] $*"
-grep -E "msgs_per_s|mb_per_s|p99|codes" /tmp/smtpfront-cpm.out
 echo "server_cpu_us_per_msg: $(( (t1 - t0) * 1000000 / ticks / (accepted > 0 ? accepted : 1) ))"
