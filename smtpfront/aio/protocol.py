@@ -552,13 +552,9 @@ class SMTPProtocol(asyncio.BufferedProtocol):
     def _on_closed(self, event: ConnectionClosed) -> None:
         self.close()
 
-    _HANDLERS: ClassVar[dict[type, Callable[[SMTPProtocol, Any], Coroutine[Any, Any, None] | None]]] = {
-        ProxyHeader: _on_proxy, Helo: _on_helo, MailFrom: _on_mail, RcptTo: _on_rcpt, Data: _on_data,
-        BdatChunk: _on_bdat, BodyChunk: _on_chunk, BodyEnd: _on_body_end, Rset: _on_simple, Noop: _on_simple,
-        Quit: _on_simple, Vrfy: _on_simple, Help: _on_simple, StartTls: _on_starttls, AuthCredentials: _on_auth,
-        AuthSecretNeeded: _on_secret, Xclient: _on_xclient, Xforward: _on_xforward, Rejected: _on_rejected,
-        ConnectionClosed: _on_closed,
-    }
+    # One handler per event type; filled in below the class (mypyc compiles this module, and a
+    # class body it compiles cannot name its own methods).
+    _HANDLERS: ClassVar[dict[type, Callable[[SMTPProtocol, Any], Coroutine[Any, Any, None] | None]]] = {}
 
     # -- the end -------------------------------------------------------------------------
 
@@ -595,6 +591,18 @@ class SMTPProtocol(asyncio.BufferedProtocol):
     def emit(self, name: str, *args: object) -> None:
         for listener in self.state.listeners.get(name):
             self.loop.call_soon(_call_listener, listener, name, args)
+
+
+SMTPProtocol._HANDLERS.update({
+    ProxyHeader: SMTPProtocol._on_proxy, Helo: SMTPProtocol._on_helo, MailFrom: SMTPProtocol._on_mail,
+    RcptTo: SMTPProtocol._on_rcpt, Data: SMTPProtocol._on_data, BdatChunk: SMTPProtocol._on_bdat,
+    BodyChunk: SMTPProtocol._on_chunk, BodyEnd: SMTPProtocol._on_body_end, Rset: SMTPProtocol._on_simple,
+    Noop: SMTPProtocol._on_simple, Quit: SMTPProtocol._on_simple, Vrfy: SMTPProtocol._on_simple,
+    Help: SMTPProtocol._on_simple, StartTls: SMTPProtocol._on_starttls,
+    AuthCredentials: SMTPProtocol._on_auth, AuthSecretNeeded: SMTPProtocol._on_secret,
+    Xclient: SMTPProtocol._on_xclient, Xforward: SMTPProtocol._on_xforward,
+    Rejected: SMTPProtocol._on_rejected, ConnectionClosed: SMTPProtocol._on_closed,
+})
 
 
 _INTERNAL_ERROR = Reply(421, "4.3.0", "Error: internal server error")

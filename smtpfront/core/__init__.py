@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["COMPILED_MODULES", "compiled", "stale_modules"]
+__all__ = ["COMPILED_MODULES", "COMPILED_WITH_CORE", "compiled", "stale_modules"]
 
 #: The modules setup.py compiles: the ones a pipelined transaction runs through, and the
 #: readers of each state (proxy.py's grammar and sasl.py's mechanisms run once per session
@@ -16,6 +16,12 @@ __all__ = ["COMPILED_MODULES", "compiled", "stale_modules"]
 COMPILED_MODULES = ("buffer", "capabilities", "commands", "connection", "data", "errors", "events", "grammar",
                     "options", "read_body", "read_chunk", "read_command", "read_proxy", "read_sasl", "replies",
                     "sentinels", "states", "tallies", "verbs")
+
+#: The asyncio adapter's modules on the per-command and per-message path (``smtpfront.aio``),
+#: compiled in the core's group so that mypyc sees the core's types: typed native attributes
+#: and calls, ~10 % less CPU per message than the same modules interpreted. The core never
+#: imports them; they are named here because this is the list setup.py and the stale check read.
+COMPILED_WITH_CORE = ("aio.decisions", "aio.flow", "aio.protocol", "aio.start", "aio.timeouts", "aio.transaction")
 
 
 def compiled() -> bool:
@@ -39,4 +45,6 @@ def stale_modules() -> list[str]:
     if not os.path.exists(os.path.join(here, os.pardir, os.pardir, "setup.py")):
         return []  # an installed copy, not a checkout: pip writes its files in any order
     built = os.path.getmtime(spec.origin)
-    return [name for name in COMPILED_MODULES if os.path.getmtime(os.path.join(here, f"{name}.py")) > built]
+    sources = {name: os.path.join(here, f"{name}.py") for name in COMPILED_MODULES}
+    sources.update({name: os.path.join(here, os.pardir, *name.split(".")) + ".py" for name in COMPILED_WITH_CORE})
+    return [name for name, source in sources.items() if os.path.getmtime(source) > built]

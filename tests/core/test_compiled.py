@@ -36,6 +36,15 @@ def test_every_listed_module_is_compiled() -> None:
     assert core.compiled() is not EXPECT_PURE
 
 
+@pytest.mark.skipif(EXPECT_PURE, reason="the interpreted run holds the core alone")
+def test_the_adapters_per_command_modules_are_compiled_with_the_core() -> None:
+    import importlib
+
+    for name in core.COMPILED_WITH_CORE:
+        module = importlib.import_module(f"smtpfront.{name}")
+        assert not (module.__file__ or "").endswith(".py"), f"{name} is not compiled (setup.py)"
+
+
 def test_compiled_modules_are_current() -> None:
     # An edit that was not compiled yet would leave the old code running under the new tests.
     assert core.stale_modules() == [], "reinstall (pip install -e . or bash tests/run.sh) to compile the edits"
