@@ -5,7 +5,9 @@ with a ``sys.setprofile`` counter that the forked worker inherits, warms it up w
 ``smtp-source``, counts the calls of a second ``smtp-source`` run of ``--messages`` messages,
 and prints the calls per message: Python functions by ``file function``, and the total of C
 calls. On a machine whose timings vary by a third, the count is what two versions compare on
-(each Python call costs roughly 0.1 to 0.3 µs in CPython 3.11).
+(each Python call costs roughly 0.1 to 0.3 µs in CPython 3.11). Only interpreted code is
+counted: the modules compiled by mypyc (``smtpfront.core.COMPILED_MODULES`` and
+``COMPILED_WITH_CORE``) show as C calls into them, or not at all.
 
     python loadtest/calls_per_message.py --queue redis://127.0.0.1:6379/0            # kept sessions
     python loadtest/calls_per_message.py --queue null: --per-connection --top 60     # one per connection
