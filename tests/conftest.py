@@ -29,6 +29,24 @@ def terminate(process: subprocess.Popen[bytes] | subprocess.Popen[str], timeout:
         process.wait(timeout=timeout)
 
 
+def wait_greeting(port: int, timeout: float, process: subprocess.Popen[bytes] | None = None,
+                  log: Path | None = None) -> None:
+    """Wait until a server on 127.0.0.1:``port`` greets with 220; fail at once if ``process``
+    exited, and say what it logged (``log``) either way."""
+    said = "" if log is None else f":\n{log.read_text()}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the server exited{said}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
+                if conn.recv(64).startswith(b"220"):
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"no greeting on port {port}{said}")
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:

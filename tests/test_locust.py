@@ -9,11 +9,9 @@ from __future__ import annotations
 import asyncio
 import csv
 import os
-import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,23 +24,11 @@ from smtpfront.hooks import Hooks, Session
 from smtpfront.server import SMTPServer
 from smtpfront.sink.null import NullSink
 
-from .conftest import free_port, terminate
+from .conftest import free_port, terminate, wait_greeting
 
 ROOT = Path(__file__).resolve().parent.parent
 PHASES = {"connect", "EHLO", "STARTTLS", "AUTH", "MAIL/RCPT", "DATA→250", "bad: unknown command", "bad: MAIL syntax",
           "bad: RCPT before MAIL", "bad: line too long", "bad: bare LF in DATA"}
-
-
-def wait_greeting(port: int, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
-                if conn.recv(64).startswith(b"220"):
-                    return
-        except OSError:
-            time.sleep(0.1)
-    pytest.fail(f"no SMTP greeting on port {port}")
 
 
 @pytest.fixture
@@ -58,7 +44,7 @@ def serve_null(tmp_path: Path) -> Iterator[int]:
              "SMTPFRONT_TLS__SELF_SIGNED_DIR": str(tmp_path / "tls")},
     )
     try:
-        wait_greeting(port)
+        wait_greeting(port, 15)
         yield port
     finally:
         terminate(process)

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import re
 import shlex
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .conftest import free_port, terminate
+from .conftest import free_port, terminate, wait_greeting
 
 README = Path(__file__).parent.parent / "README.md"
 TIMEOUT = 10
@@ -42,19 +40,6 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
     yield started
     for process in started:
         terminate(process)
-
-
-def wait_greeting(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + TIMEOUT * 2
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log.read_text()
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
-                if conn.recv(64).startswith(b"220"):
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"no greeting on {port}:\n{log.read_text()}")
 
 
 def run_setup(name: str, cwd: Path, processes: list[subprocess.Popen[bytes]]) -> None:
@@ -102,7 +87,7 @@ def run_setup(name: str, cwd: Path, processes: list[subprocess.Popen[bytes]]) ->
             config = (cwd / args[args.index("--config") + 1]).read_text()
             port = re.search(r'address = "127\.0\.0\.1:(\d+)"', config)
             assert port
-            wait_greeting(int(port.group(1)), process, log)
+            wait_greeting(int(port.group(1)), TIMEOUT * 2, process, log)
             served.append(command)
         elif command.startswith("swaks "):
             done = subprocess.run([local(arg) for arg in shlex.split(command)] + ["--timeout", str(TIMEOUT)],

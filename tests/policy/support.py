@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import free_port
+from ..conftest import free_port, wait_greeting
 
 TIMEOUT = 10
 
@@ -47,17 +46,8 @@ class Served:
 
     def ready(self) -> Served:
         """Wait for a greeting (fails at once if the master exited)."""
-        deadline = time.monotonic() + TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"serve exited:\n{self.log.read_text()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
-                    if conn.recv(64).startswith(b"220"):
-                        return self
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError(f"no worker answers:\n{self.log.read_text()}")
+        wait_greeting(self.port, TIMEOUT, self.proc, self.log)
+        return self
 
     def exited(self) -> int:
         """Wait for the master to exit by itself (a refused start); its exit code."""

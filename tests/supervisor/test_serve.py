@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ..conftest import free_port
+from ..conftest import free_port, wait_greeting
 
 TIMEOUT = 10
 
@@ -57,17 +57,7 @@ class Serve:
 
     def ready(self) -> None:
         """Wait until a worker answers with a greeting (fails at once if the master exited)."""
-        deadline = time.monotonic() + TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"serve exited:\n{self.log.read_text()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
-                    if conn.recv(64).startswith(b"220"):
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError(f"no worker answers:\n{self.log.read_text()}")
+        wait_greeting(self.port, TIMEOUT, self.proc, self.log)
 
     def send(self, n: int = 1) -> list[str]:
         """Deliver n messages, one per connection; returns the replies' queue ids."""
