@@ -142,10 +142,7 @@ class _BaseFormatter(logging.Formatter):
     def timestamp_now(self) -> str:
         """The timestamp of a line made now (without a LogRecord)."""
         created = time.time()
-        second = int(created)
-        if second != self._second[0]:
-            self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
-        return f"{self._second[1]}.{int((created - second) * 1000):03d}Z"
+        return self.timestamp_of(created, int((created - int(created)) * 1000))
 
     def timestamp_of(self, created: float, msecs: int) -> str:
         second = int(created)

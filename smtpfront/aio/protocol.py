@@ -283,19 +283,13 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         except Exception:
             self.crash()
             return
-        data = conn.data_to_send()  # self.flush(), inline: this runs for every read
-        if data:
-            if self._debug:
-                debug_replies(self.session, data)
-            if self.transport is not None and not self.closed:
-                self.transport.write(data)
+        self.flush()
         if conn.closing:
             self.close()
         elif not self.busy:
             if handled and conn.state is not State.DATA and conn.state is not State.BDAT:
-                self.deadline.arm(self.settings.timeouts.idle)  # a whole command arrived: self._touch()
-            if self.flow.read_paused:
-                self.flow.resume_reading()
+                self._touch()  # a whole command arrived: the idle clock restarts
+            self.flow.resume_reading()
 
     def _run(self, work: Coroutine[Any, Any, None]) -> None:
         """Let a task own the connection until ``work`` is done, then carry on."""

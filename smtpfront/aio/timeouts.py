@@ -23,7 +23,7 @@ _NEVER = float("inf")
 class Deadline:
     """A deadline with one lazily re-armed timer; ``on_expire`` runs once it passes."""
 
-    __slots__ = ("_loop", "_on_expire", "_idle", "when", "_timer", "_timer_when")
+    __slots__ = ("_loop", "_on_expire", "_idle", "when", "_timer")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, on_expire: Callable[[], None], idle: float) -> None:
         self._loop = loop
@@ -31,17 +31,15 @@ class Deadline:
         self._idle = idle  # how often a suspended deadline looks again
         self.when = 0.0
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_when = 0.0  # when the armed timer fires (read without a call to it)
 
     def arm(self, seconds: float) -> None:
         """The deadline is now + ``seconds``."""
         self.when = when = self._loop.time() + seconds
         timer = self._timer
         if timer is not None:
-            if self._timer_when <= when:
+            if timer.when() <= when:
                 return  # lazy re-arming: the timer fires early and re-arms for the rest
             timer.cancel()  # it would fire too late: a deadline moved earlier re-arms at once
-        self._timer_when = when
         self._timer = self._loop.call_at(when, self._fire)
 
     def extend(self, seconds: float) -> None:
@@ -69,10 +67,8 @@ class Deadline:
         if self._loop.time() >= self.when:
             self._on_expire()
         elif self.when == _NEVER:
-            self._timer_when = self._loop.time() + self._idle
-            self._timer = self._loop.call_at(self._timer_when, self._fire)
+            self._timer = self._loop.call_later(self._idle, self._fire)
         else:
-            self._timer_when = self.when
             self._timer = self._loop.call_at(self.when, self._fire)
 
 
