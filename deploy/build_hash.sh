@@ -7,4 +7,5 @@
 # repository root.
 set -euo pipefail
 { echo "$1 ${SMTPFRONT_PURE_PYTHON:-}"; cat pyproject.toml setup.py smtpfront/_version.py "requirements/$1.lock" \
-    smtpfront/core/*.py smtpfront/core/_scan.c smtpfront/aio/*.py; } | sha256sum | cut -d' ' -f1
+    smtpfront/core/*.py smtpfront/core/_scan.c smtpfront/aio/*.py \
+    smtpfront/logs.py smtpfront/sink/*.py smtpfront/sink/redis/*.py; } | sha256sum | cut -d' ' -f1

@@ -21,7 +21,10 @@ COMPILED_MODULES = ("buffer", "capabilities", "commands", "connection", "data", 
 #: compiled in the core's group so that mypyc sees the core's types: typed native attributes
 #: and calls, ~10 % less CPU per message than the same modules interpreted. The core never
 #: imports them; they are named here because this is the list setup.py and the stale check read.
-COMPILED_WITH_CORE = ("aio.decisions", "aio.flow", "aio.protocol", "aio.start", "aio.timeouts", "aio.transaction")
+COMPILED_WITH_CORE = ("aio.budget", "aio.decisions", "aio.flow", "aio.protocol", "aio.sessionlog", "aio.start",
+                      "aio.timeouts", "aio.transaction", "sink.base", "sink.record", "sink.redis.large",
+                      "sink.redis.lane", "sink.redis.sink", "sink.redis.topology", "sink.redis.wire",
+                      "sink.redis.writer", "sink.trace")
 
 
 def compiled() -> bool:
