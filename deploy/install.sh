@@ -25,6 +25,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" = "$sum" ] && .venv/bin/python -c "import smt
 fi
 echo "== installing from requirements/$kind.lock, then smtpfront (compiles the core)" >&2
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r "requirements/$kind.lock"
+# A module taken off the compiled list must not keep loading from its old extension file.
+find smtpfront -name '*.cpython-*.so' -delete
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 .venv/bin/python -m pip check --disable-pip-version-check >&2
 echo "$sum" > "$stamp"
