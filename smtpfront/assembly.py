@@ -41,8 +41,8 @@ from .hooks import HookChain, Listeners
 from .metrics import instruments
 from .policy.limits import ClientLimits
 from .policy.registry import PluginError, build
-from .sink.base import Envelope, Sink, SinkError
-from .sink.trace import received_header
+from .sink.base import Sink, SinkError
+from .sink.trace import received_field as trace  # the Received: field (RFC 5321 §4.4), compiled
 
 __all__ = [
     "Assembly", "assemble", "build_sink", "build_hooks", "plugin_specs", "check", "features", "listener_settings",
@@ -206,11 +206,6 @@ def check(config: Config) -> HookChain:
             raise ConfigError(key, 'requires AUTH, but nothing checks credentials: set auth.backend = "file" '
                                    '(smtpfront passwd) or "dovecot", or add a [[plugins]] with on_auth')
     return chain
-
-
-def trace(envelope: Envelope, server_name: str) -> bytes:
-    """The ``Received:`` field prepended to every message (RFC 5321 §4.4)."""
-    return received_header(envelope, server_name=server_name, queue_id=envelope.id, when=envelope.received_at)
 
 
 @dataclass

@@ -8,13 +8,13 @@ and ``/readyz`` with `HealthServer`. Every process reaches its metric objects wi
 prometheus_client is imported inside functions only: it picks its value class when
 ``prometheus_client.values`` is first imported, which must happen after `prepare`.
 
-Size (over 500 lines): every metric's definition, the held per-message counters and the
-master's endpoint stay together so that one file names everything a dashboard can show.
+Size (over 500 lines): every metric's definition and the master's endpoint stay together so
+that one file names everything a dashboard can show (the held per-message updates are in
+``held.py``, compiled).
 """
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import logging
 import os
@@ -29,10 +29,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from .held import Held, HeldHistogram
+
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["HealthServer", "Metrics", "metrics", "prepare", "queue_reachable", "worker_gone"]
+__all__ = ["HealthServer", "Held", "HeldHistogram", "Metrics", "metrics", "prepare", "queue_reachable", "worker_gone"]
 
 log = logging.getLogger(__name__)
 
@@ -343,60 +345,6 @@ class _Off:
         return self
 
 
-class Held:
-    """A counter's increments held in the process and added in one step by `flush`.
-
-    A multiprocess metric update takes a lock and writes an mmapped file (1-2 us); the
-    per-message metrics are held and flushed once a second (``aio/tally.py``) instead.
-    """
-
-    __slots__ = ("_metric", "_amount")
-
-    def __init__(self, metric: Any) -> None:
-        self._metric = metric
-        self._amount = 0.0
-
-    def inc(self, amount: float = 1) -> None:
-        self._amount += amount
-
-    def flush(self) -> None:
-        if self._amount:
-            amount, self._amount = self._amount, 0.0
-            self._metric.inc(amount)
-
-
-class HeldHistogram:
-    """A histogram's observations held in the process: bucket counts and sum, flushed in one step.
-
-    It adds to the histogram's own bucket values (prometheus-client keeps multiprocess buckets
-    non-cumulative, one value per bound, and ``observe`` picks the first bound >= the amount):
-    ``tests/test_metrics.py`` checks that a flush gives exactly what ``observe`` would.
-    """
-
-    __slots__ = ("_metric", "_bounds", "_counts", "_sum")
-
-    def __init__(self, metric: Any) -> None:
-        self._metric = metric
-        self._bounds: list[float] = list(metric._upper_bounds)
-        self._counts = [0] * len(self._bounds)
-        self._sum = 0.0
-
-    def observe(self, amount: float) -> None:
-        self._counts[bisect.bisect_left(self._bounds, amount)] += 1
-        self._sum += amount
-
-    def flush(self) -> None:
-        counts = self._counts
-        if not any(counts):
-            return
-        self._counts = [0] * len(counts)
-        total, self._sum = self._sum, 0.0
-        self._metric._sum.inc(total)
-        for bucket, n in zip(self._metric._buckets, counts, strict=True):
-            if n:
-                bucket.inc(n)
-
-
 class Instruments:
     """The metric children the hot path uses, bound once (label lookups are not free).
 
@@ -417,7 +365,7 @@ class Instruments:
             return wrapper
 
         self.connections: Any = held(m.connections) if m else off
-        self.active: Any = m.connections_active if m else off
+        self.active: Any = held(m.connections_active) if m else off  # a gauge: inc and dec held alike
         self.refused_full: Any = m.connections_rejected.labels("max_clients") if m else off
         self.refused_closing: Any = m.connections_rejected.labels("shutting_down") if m else off
         self.accepted: Any = held(m.messages.labels("accepted")) if m else off

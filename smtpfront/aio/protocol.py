@@ -240,10 +240,12 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         self.state.instruments.active.dec()
         self.state.tally.session_ended(self.conn, self.session.tls is not None, self.session.user is not None)
         self.deadline.cancel()
-        current, message = asyncio.current_task(), self.message
-        for task in (self._task, message.data_task):
-            if task is not None and not task.done() and task is not current:
-                task.cancel()
+        message = self.message
+        if self._task is not None or message.data_task is not None:
+            current = asyncio.current_task()
+            for task in (self._task, message.data_task):
+                if task is not None and not task.done() and task is not current:
+                    task.cancel()
         if message.writer is None and message.data_task is None and not self.hooks.implements("on_close"):
             self.emit("close", self.session)  # nothing to abandon or to ask: no task
         else:

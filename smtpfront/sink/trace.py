@@ -21,7 +21,7 @@ from email.utils import format_datetime
 from ..core.events import Address
 from .base import Envelope
 
-__all__ = ["new_queue_id", "received_header", "return_path_header", "with_protocol"]
+__all__ = ["new_queue_id", "received_field", "received_header", "return_path_header", "with_protocol"]
 
 # RFC 5322 §2.1.1: a line SHOULD be at most 78 characters, and MUST be at most 998.
 _WIDTH = 78
@@ -157,6 +157,12 @@ def received_header(envelope: Envelope, *, server_name: str, queue_id: str, when
     groups[-1][-1] += ";"
     groups.append(_date_words(when))
     return _fold_on(groups, list(lines), line)
+
+
+def received_field(envelope: Envelope, server_name: str) -> bytes:
+    """The ``Received:`` field the server prepends to every message: :func:`received_header`
+    with the envelope's own id and time of receipt."""
+    return received_header(envelope, server_name=server_name, queue_id=envelope.id, when=envelope.received_at)
 
 
 _date_cache: tuple[int, list[str]] = (-1, [])

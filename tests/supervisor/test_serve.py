@@ -365,6 +365,9 @@ def test_haproxy_agent_check_follows_load_and_drain(serve: type[Serve], monkeypa
     smtp = smtplib.SMTP("127.0.0.1", server.port, timeout=TIMEOUT)  # one of the two slots
     smtp.ehlo()
     smtp.mail("a@example.org")
+    deadline = time.monotonic() + 3  # the worker writes its connections gauge once a second
+    while agent_answer(agent) != "up ready 50%" and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert agent_answer(agent) == "up ready 50%"
     server.proc.send_signal(signal.SIGTERM)
     time.sleep(0.3)
