@@ -19,6 +19,7 @@ from collections.abc import Mapping, MutableMapping
 from typing import IO, Any
 
 import orjson
+from mypy_extensions import mypyc_attr
 
 __all__ = ["JsonFormatter", "SessionLogger", "Throttle", "redact", "sanitize", "setup_logging"]
 
@@ -279,6 +280,14 @@ _LINGER = 0.05  # seconds a line may wait inside a loop for others to share its 
 _LINGER_CHARS = 64 * 1024  # … unless this much waits already
 
 
+# Not a native class when mypyc compiles this module (its methods are compiled all the same):
+# a native instance is freed without clearing its weak references (mypyc's dealloc never calls
+# PyObject_ClearWeakRefs, and it drops the weak-reference list as if it owned it), and every
+# logging.Handler has two (logging._handlerList and the at-fork lock WeakSet), so replacing a
+# handler left dangling references that crashed the interpreter later (a segfault in
+# WeakSet.add or in the garbage collector). The formatters stay native: nothing takes a weak
+# reference to a Formatter.
+@mypyc_attr(native_class=False)
 class _LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """A StreamHandler that, inside a running event loop, gathers the lines of up to
     ``_LINGER`` seconds (or ``_LINGER_CHARS``) into one write: a worker logs a line per
