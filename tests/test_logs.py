@@ -11,7 +11,8 @@ import orjson
 import pytest
 
 from smtpfront import logs
-from smtpfront.logs import JsonFormatter, SessionLogger, redact, sanitize, setup_logging
+from smtpfront.logs import JsonFormatter, redact, sanitize, setup_logging
+from smtpfront.session_logger import SessionLogger
 
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 log = logging.getLogger("smtpfront.test")
