@@ -237,6 +237,12 @@ def client_label(client: str | tuple[Any, ...]) -> str:
     return client
 
 
+# The frames between SessionLogger.event's caller and logging, so that a record names that
+# caller (funcName, lineno): SessionLogger.event's, and session_event's own when this module
+# runs interpreted (mypyc compiles it: a compiled function has no frame).
+_EVENT_STACKLEVEL = 3 if __file__.endswith(".py") else 2
+
+
 def session_event(logger: logging.Logger, context: Mapping[str, object], name: str,
                   fields: Mapping[str, object]) -> None:
     """One INFO session event (:meth:`~smtpfront.session_logger.SessionLogger.event`) without an
@@ -246,7 +252,7 @@ def session_event(logger: logging.Logger, context: Mapping[str, object], name: s
         return
     handler = _only_line_handler(logger, logging.INFO)
     if handler is None or not handler.queue_event("INFO", logger.name, name, context, fields):
-        logger.info(name, extra=_safe_extra(context, fields), stacklevel=3)
+        logger.info(name, extra=_safe_extra(context, fields), stacklevel=_EVENT_STACKLEVEL)
 
 
 _LINGER = 0.05  # seconds a line may wait inside a loop for others to share its write

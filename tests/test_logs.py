@@ -447,6 +447,27 @@ def test_a_handler_added_by_the_embedding_program_gets_every_session_record(out:
     assert [line["msg"] for line in lines(out)] == ["queued"]
 
 
+def test_a_session_record_names_the_caller() -> None:
+    class Keep(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.records: list[logging.LogRecord] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.records.append(record)
+
+    setup_logging("DEBUG", stream=io.StringIO())
+    keep = Keep()
+    log.addHandler(keep)
+    try:
+        session().event("queued", size=1)
+        session().debug_event("command", verb="RSET")
+    finally:
+        log.removeHandler(keep)
+    assert [(r.pathname, r.funcName) for r in keep.records] == [
+        (__file__, "test_a_session_record_names_the_caller")] * 2
+
+
 def test_a_trouble_repeated_per_message_is_one_line_a_second(out: io.StringIO,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     now = [100.0]
