@@ -1,7 +1,8 @@
 """Structured logging: one JSON object per line, peer text sanitised, credentials redacted.
 
 Rule (ARCHITECTURE.md, who owns what): every module logs through ``logging.getLogger(__name__)``
-under the ``smtpfront`` tree, and a connection logs through its `SessionLogger`. Peer bytes
+under the ``smtpfront`` tree, and a connection logs through its
+`~smtpfront.session_logger.SessionLogger` (or `session_event`). Peer bytes
 go through `sanitize` before they reach a log line (CR/LF injection cannot fake a line),
 and fields named like credentials are replaced by ``"***"`` (`redact`). A disabled level
 costs one ``isEnabledFor`` call: nothing is built, redacted or formatted before it.
@@ -15,12 +16,13 @@ import functools
 import logging
 import sys
 import time
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 from typing import IO, Any
 
 import orjson
+from mypy_extensions import mypyc_attr
 
-__all__ = ["JsonFormatter", "SessionLogger", "Throttle", "redact", "sanitize", "setup_logging"]
+__all__ = ["JsonFormatter", "Throttle", "redact", "sanitize", "setup_logging"]
 
 # Control characters (C0, DEL, C1, the Unicode line separators) become \xNN / \uNNNN; a
 # backslash is doubled so that an escape in the output is never the peer's own text. Lone
@@ -235,50 +237,36 @@ def client_label(client: str | tuple[Any, ...]) -> str:
     return client
 
 
+# The frames between SessionLogger.event's caller and logging, so that a record names that
+# caller (funcName, lineno): SessionLogger.event's, and session_event's own when this module
+# runs interpreted (mypyc compiles it: a compiled function has no frame).
+_EVENT_STACKLEVEL = 3 if __file__.endswith(".py") else 2
+
+
 def session_event(logger: logging.Logger, context: Mapping[str, object], name: str,
                   fields: Mapping[str, object]) -> None:
-    """One INFO session event (:meth:`SessionLogger.event`) without an adapter: ``context``
-    is ``{"session": …, "client": …}``. The per-message ``queued`` line takes this path."""
+    """One INFO session event (:meth:`~smtpfront.session_logger.SessionLogger.event`) without an
+    adapter: ``context`` is ``{"session": …, "client": …}``. The per-message ``queued`` line
+    takes this path."""
     if not logger.isEnabledFor(logging.INFO):
         return
     handler = _only_line_handler(logger, logging.INFO)
     if handler is None or not handler.queue_event("INFO", logger.name, name, context, fields):
-        logger.info(name, extra=_safe_extra(context, fields), stacklevel=3)
-
-
-class SessionLogger(logging.LoggerAdapter[logging.Logger]):
-    """Per-connection logger: every record carries ``session`` and ``client``.
-
-    ``client`` is ``"ip:port"`` or a peername tuple ``(host, port, ...)`` (IPv6 in brackets).
-    """
-
-    def __init__(self, logger: logging.Logger, session: str, client: str | tuple[Any, ...]) -> None:
-        super().__init__(logger, {"session": session, "client": client_label(client)})
-
-    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
-        kwargs["extra"] = _safe_extra(self.extra or {}, kwargs.get("extra") or {})
-        return msg, kwargs
-
-    def event(self, name: str, /, **fields: object) -> None:
-        """Log one INFO record with ``msg=name`` and the redacted ``fields`` merged in.
-
-        When the line can go nowhere but to the daemon's own line handler (what
-        :func:`setup_logging` installs: no other handler or filter on the way) and an event
-        loop runs, it is formatted and queued directly, without a ``LogRecord``: the same
-        line for a few µs instead of ~50 (one per message at the default level).
-        """
-        session_event(self.logger, self.extra or {}, name, fields)
-
-    def debug_event(self, name: str, /, **fields: object) -> None:
-        """`event` at DEBUG: the form for the per-command hot path (§7.14)."""
-        if self.logger.isEnabledFor(logging.DEBUG):
-            self.logger.debug(name, extra=_safe_extra(self.extra or {}, fields), stacklevel=2)
+        logger.info(name, extra=_safe_extra(context, fields), stacklevel=_EVENT_STACKLEVEL)
 
 
 _LINGER = 0.05  # seconds a line may wait inside a loop for others to share its write
 _LINGER_CHARS = 64 * 1024  # … unless this much waits already
 
 
+# Not a native class when mypyc compiles this module (its methods are compiled all the same):
+# a native instance is freed without clearing its weak references (mypyc's dealloc never calls
+# PyObject_ClearWeakRefs, and it drops the weak-reference list as if it owned it), and every
+# logging.Handler has two (logging._handlerList and the at-fork lock WeakSet), so replacing a
+# handler left dangling references that crashed the interpreter later (a segfault in
+# WeakSet.add or in the garbage collector). The formatters stay native: nothing takes a weak
+# reference to a Formatter.
+@mypyc_attr(native_class=False)
 class _LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """A StreamHandler that, inside a running event loop, gathers the lines of up to
     ``_LINGER`` seconds (or ``_LINGER_CHARS``) into one write: a worker logs a line per

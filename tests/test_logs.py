@@ -11,7 +11,8 @@ import orjson
 import pytest
 
 from smtpfront import logs
-from smtpfront.logs import JsonFormatter, SessionLogger, redact, sanitize, setup_logging
+from smtpfront.logs import JsonFormatter, redact, sanitize, setup_logging
+from smtpfront.session_logger import SessionLogger
 
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 log = logging.getLogger("smtpfront.test")
@@ -286,25 +287,41 @@ def test_unknown_level_is_an_error() -> None:
 # --- level filtering: nothing is built for a disabled level ---------------------------
 
 
-def test_disabled_levels_compute_nothing(out: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> None:
+class WalkedMapping(Mapping[str, object]):
+    """A field value that counts how often it is looked into (redaction walks every mapping).
+
+    Spying through the value, not by patching ``logs.redact``: logs.py runs compiled, and its
+    own calls do not look up a patched module global."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def __getitem__(self, key: str) -> object:
+        self.reads += 1
+        return {"k": "v"}[key]
+
+    def __iter__(self) -> Iterator[str]:
+        self.reads += 1
+        return iter(["k"])
+
+    def __len__(self) -> int:
+        return 1
+
+
+def test_disabled_levels_compute_nothing(out: io.StringIO) -> None:
     counter = CountingStr()
+    walked = WalkedMapping()
     s = session()
-    redacted: list[object] = []
-
-    def spy(fields: Mapping[str, object]) -> dict[str, object]:
-        redacted.append(fields)
-        return dict(fields)
-
-    monkeypatch.setattr(logs, "redact", spy)
-    s.debug_event("rcpt_to", address=counter)
-    s.debug("data chunk %s", counter, extra={"obj": counter})
+    s.debug_event("rcpt_to", address=counter, headers=walked)
+    s.debug("data chunk %s", counter, extra={"obj": counter, "headers": walked})
     log.debug("x %s", counter)
     setup_logging("WARNING", stream=out)
-    s.event("mail_from", address=counter)
-    assert out.getvalue() == "" and counter.calls == 0 and redacted == []
+    s.event("mail_from", address=counter, headers=walked)
+    assert out.getvalue() == "" and counter.calls == 0 and walked.reads == 0  # nothing redacted either
     setup_logging("INFO", stream=out)
-    s.event("mail_from", address="a@b")  # the same call, enabled, does build its fields
-    assert redacted and counter.calls == 0
+    s.event("mail_from", address="a@b", headers=walked)  # the same call, enabled, does build its fields
+    assert walked.reads and counter.calls == 0
+    assert lines(out)[0]["headers"] == {"k": "v"}
 
 
 def test_enabled_event_formats_once(out: io.StringIO) -> None:
@@ -444,6 +461,27 @@ def test_a_handler_added_by_the_embedding_program_gets_every_session_record(out:
         session_log.removeHandler(keep)
     assert [r.getMessage() for r in keep.records] == ["queued"]
     assert [line["msg"] for line in lines(out)] == ["queued"]
+
+
+def test_a_session_record_names_the_caller() -> None:
+    class Keep(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.records: list[logging.LogRecord] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.records.append(record)
+
+    setup_logging("DEBUG", stream=io.StringIO())
+    keep = Keep()
+    log.addHandler(keep)
+    try:
+        session().event("queued", size=1)
+        session().debug_event("command", verb="RSET")
+    finally:
+        log.removeHandler(keep)
+    assert [(r.pathname, r.funcName) for r in keep.records] == [
+        (__file__, "test_a_session_record_names_the_caller")] * 2
 
 
 def test_a_trouble_repeated_per_message_is_one_line_a_second(out: io.StringIO,

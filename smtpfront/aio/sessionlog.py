@@ -16,8 +16,9 @@ from ..core import replies as R
 from ..core.events import BdatChunk, BodyChunk, BodyEnd, Event, Helo, MailFrom, RcptTo, Rejected
 from ..core.replies import Reply
 from ..hooks import Listeners, Session, reason_of, rejection_reason
-from ..logs import SessionLogger, client_label, sanitize, session_event
+from ..logs import client_label, sanitize, session_event
 from ..metrics import instruments
+from ..session_logger import SessionLogger
 from ..sink.base import Envelope
 
 __all__ = ["debug_command", "debug_replies", "debug_enabled", "log_sessions", "count_rejections"]

@@ -22,7 +22,8 @@ COMPILED_MODULES = ("buffer", "capabilities", "commands", "connection", "data", 
 #: and calls, ~10 % less CPU per message than the same modules interpreted. The core never
 #: imports them; they are named here because this is the list setup.py and the stale check read.
 COMPILED_WITH_CORE = ("aio.budget", "aio.decisions", "aio.flow", "aio.protocol", "aio.sessionlog", "aio.start",
-                      "aio.tally", "aio.timeouts", "aio.transaction", "held", "sink.base", "sink.record",
+COMPILED_WITH_CORE = ("aio.budget", "aio.decisions", "aio.flow", "aio.protocol", "aio.sessionlog", "aio.start",
+                      "aio.tally", "aio.timeouts", "aio.transaction", "held", "logs", "sink.base", "sink.record",
                       "sink.redis.large", "sink.redis.lane", "sink.redis.sink", "sink.redis.topology",
                       "sink.redis.wire", "sink.redis.writer", "sink.trace")
 
