@@ -70,3 +70,28 @@ def test_the_interpreted_core_passes_the_core_tests(tmp_path: Path) -> None:
     tail = (result.stdout + result.stderr)[-3000:]
     assert result.returncode == 0, tail
     assert " passed" in tail and " failed" not in tail, tail
+
+
+@pytest.mark.skipif(EXPECT_PURE, reason="the interpreted run holds the core alone")
+def test_the_build_hash_covers_every_compiled_source(tmp_path: Path) -> None:
+    """deploy/install.sh compiles again only when deploy/build_hash.sh's hash changes: an edit
+    to any compiled module must change it, or the old extension keeps running."""
+    for name in ("pyproject.toml", "setup.py", "requirements", "deploy", "smtpfront"):
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, tmp_path / name, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+        else:
+            shutil.copy(source, tmp_path / name)
+
+    def build_hash() -> str:
+        return subprocess.run(["bash", "deploy/build_hash.sh", "dev"], cwd=tmp_path, check=True,
+                              capture_output=True, text=True).stdout
+
+    before = build_hash()
+    names = [f"core.{name}" for name in core.COMPILED_MODULES] + list(core.COMPILED_WITH_CORE)
+    for name in names:
+        path = tmp_path / "smtpfront" / (name.replace(".", "/") + ".py")
+        text = path.read_text()
+        path.write_text(text + "# edited\n")
+        assert build_hash() != before, f"deploy/build_hash.sh does not hash smtpfront/{name}"
+        path.write_text(text)
