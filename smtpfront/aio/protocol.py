@@ -120,6 +120,8 @@ class ServerState:
 class SMTPProtocol(asyncio.BufferedProtocol):
     """One SMTP/LMTP connection on a worker."""
 
+    __deletable__ = ("message", "start", "decisions", "deadline")  # mypyc: _let_go() drops them
+
     def __init__(self, state: ServerState) -> None:
         self.state = state
         self.settings = state.settings
@@ -248,8 +250,19 @@ class SMTPProtocol(asyncio.BufferedProtocol):
                     task.cancel()
         if message.writer is None and message.data_task is None and not self.hooks.implements("on_close"):
             self.emit("close", self.session)  # nothing to abandon or to ask: no task
+            if self._task is None:
+                self._let_go()
         else:
             self.loop.create_task(self._finish_session())
+
+    def _let_go(self) -> None:
+        """Nothing runs for this ended session any more: drop the parts that refer back to the
+        protocol (the transaction, the session start, the decisions and the deadline each hold
+        it), so that reference counting frees the connection as soon as the loop lets go of it.
+        Left in a cycle, each connection waited for the cycle collector: ~5 % of a
+        one-message connection's CPU (perf), and its memory meanwhile."""
+        self.early = None
+        del self.message, self.start, self.decisions, self.deadline
 
     def pause_writing(self) -> None:
         self.flow.pause_writing()
