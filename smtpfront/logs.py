@@ -136,15 +136,18 @@ class _BaseFormatter(logging.Formatter):
         super().__init__()
         self.worker = worker
         self._second = (-1, "")
+        self._milli = (-1, "")  # the last line's millisecond and its timestamp (lines come in bursts)
 
     def timestamp(self, record: logging.LogRecord) -> str:
         """RFC 3339 UTC with milliseconds, e.g. ``2024-05-01T12:34:56.789Z``."""
         return self.timestamp_of(record.created, int(record.msecs))
 
     def timestamp_now(self) -> str:
-        """The timestamp of a line made now (without a LogRecord)."""
-        created = time.time()
-        return self.timestamp_of(created, int((created - int(created)) * 1000))
+        """The timestamp of a line made now (without a LogRecord); made once per millisecond."""
+        milli = int(time.time() * 1000)
+        if milli != self._milli[0]:
+            self._milli = (milli, self.timestamp_of(milli / 1000, milli % 1000))
+        return self._milli[1]
 
     def timestamp_of(self, created: float, msecs: int) -> str:
         second = int(created)

@@ -507,3 +507,22 @@ def test_sanitize_escapes_every_character_it_maps_even_alone_or_among_printable_
         assert sanitize(char) == escape
         assert sanitize(f"mail{char}from") == f"mail{escape}from"
     assert sanitize("plain text, é and ü") == "plain text, é and ü"
+
+
+def test_timestamp_now_follows_the_clock_to_the_millisecond(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A line's timestamp is made once per millisecond and reused within it: never stale, never
+    a second off at the edge of one."""
+    formatter = logs.JsonFormatter()
+    now = [1700000000.1234]
+    monkeypatch.setattr(logs.time, "time", lambda: now[0])
+    assert formatter.timestamp_now() == "2023-11-14T22:13:20.123Z"
+    now[0] = 1700000000.1237  # the same millisecond
+    assert formatter.timestamp_now() == "2023-11-14T22:13:20.123Z"
+    now[0] = 1700000000.9999
+    assert formatter.timestamp_now() == "2023-11-14T22:13:20.999Z"
+    now[0] = 1700000001.0
+    assert formatter.timestamp_now() == "2023-11-14T22:13:21.000Z"
+    now[0] = 1700000001.0004
+    assert formatter.timestamp_now() == "2023-11-14T22:13:21.000Z"
+    now[0] = 1700000061.5
+    assert formatter.timestamp_now() == "2023-11-14T22:14:21.500Z"
