@@ -437,16 +437,19 @@ def test_session_event_lines_are_the_same_without_a_record(json_lines: bool) -> 
         assert (rec["worker"], rec["session"], rec["client"]) == (2, "s1", "[2001:db8::1]:25")
 
 
+class Keep(logging.Handler):
+    """Keeps every record it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 def test_a_handler_added_by_the_embedding_program_gets_every_session_record(out: io.StringIO) -> None:
     import asyncio
-
-    class Keep(logging.Handler):
-        def __init__(self) -> None:
-            super().__init__()
-            self.records: list[logging.LogRecord] = []
-
-        def emit(self, record: logging.LogRecord) -> None:
-            self.records.append(record)
 
     keep = Keep()
     session_log = logging.getLogger("smtpfront.session")
@@ -464,14 +467,6 @@ def test_a_handler_added_by_the_embedding_program_gets_every_session_record(out:
 
 
 def test_a_session_record_names_the_caller() -> None:
-    class Keep(logging.Handler):
-        def __init__(self) -> None:
-            super().__init__()
-            self.records: list[logging.LogRecord] = []
-
-        def emit(self, record: logging.LogRecord) -> None:
-            self.records.append(record)
-
     setup_logging("DEBUG", stream=io.StringIO())
     keep = Keep()
     log.addHandler(keep)
