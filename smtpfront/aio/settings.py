@@ -83,10 +83,16 @@ class ListenerSettings:
     # The worker's one memory budget for message octets, shared by all its listeners (aio/budget.py);
     # the default counts nothing.
     budget: MemoryBudget = field(default_factory=lambda: MemoryBudget(0), compare=False)
+    # features_for's answers by (XCLIENT, XFORWARD trusted): at most four, made once each.
+    _variants: dict[tuple[bool, bool], Features] = field(default_factory=dict, init=False, repr=False,
+                                                         compare=False)
 
     def features_for(self, client_address: str) -> Features:
         """The features one connection offers: STARTTLS and XCLIENT/XFORWARD depend on it."""
-        starttls = self.tls_context is not None and not self.implicit_tls
-        xclient = in_networks(client_address, self.xclient_networks)
-        xforward = in_networks(client_address, self.xforward_networks)
-        return _with_features(self.features, starttls, xclient, xforward)
+        trust = (in_networks(client_address, self.xclient_networks),
+                 in_networks(client_address, self.xforward_networks))
+        features = self._variants.get(trust)
+        if features is None:
+            starttls = self.tls_context is not None and not self.implicit_tls
+            features = self._variants[trust] = _with_features(self.features, starttls, *trust)
+        return features

@@ -9,7 +9,6 @@ over-long line is refused once, when it has ended; its rest is dropped as it arr
 
 from __future__ import annotations
 
-import functools
 from typing import TYPE_CHECKING, Final
 
 from . import replies as R
@@ -139,9 +138,24 @@ def _decode_line(line: bytearray) -> tuple[str, bool]:
         return line.decode("utf-8", "surrogateescape"), True
 
 
-@functools.lru_cache(maxsize=16)
+# Limits object -> (it, its line limits), by identity: the same few objects come with every
+# connection, and an lru_cache hashed each one's fields per connection (an interpreted
+# dataclass __hash__). The entry holds the object, so its id cannot be reused while cached.
+_LINE_LIMITS: dict[int, tuple[Limits, dict[str, int]]] = {}
+
+
 def _line_limits(limits: Limits) -> dict[str, int]:
-    """Each verb's longest line, CRLF included (computed once per Limits)."""
+    """Each verb's longest line, CRLF included (computed once per Limits object)."""
+    entry = _LINE_LIMITS.get(id(limits))
+    if entry is not None and entry[0] is limits:
+        return entry[1]
+    out = _verb_limits(limits)
+    if len(_LINE_LIMITS) < 64:
+        _LINE_LIMITS[id(limits)] = (limits, out)
+    return out
+
+
+def _verb_limits(limits: Limits) -> dict[str, int]:
     out = {}
     for command in COMMANDS.values():
         flags = command.flags
