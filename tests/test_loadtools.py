@@ -32,3 +32,54 @@ def test_redis_dedup_cost_compares_xadd_with_the_dedup_script() -> None:
     row = re.search(r"^\| 1,024 \| ([0-9.]+) \| ([0-9.]+) \| [0-9.]+x \|$", done.stdout, re.MULTILINE)
     assert row is not None, done.stdout
     assert float(row[1]) > 0 and float(row[2]) > 0
+
+
+# `perf script -F ip,sym` as perf prints it: one frame a line (leaf first), a blank line a sample.
+_PERF_SCRIPT = """\
+\t    7f01 _PyObject_GenericGetAttrWithDict+0x12
+\t    7f02 CPyDef_transaction___Transaction____commit+0x40
+\t    7f03 CPyPy_protocol___SMTPProtocol____pump+0x10
+\t    7f04 CPyDef_protocol___SMTPProtocol____pump+0x99
+
+\t    7f05 tcp_sendmsg+0x1
+\t    7f06 __pyx_f_6uvloop_4loop_8UVStream__try_write+0x2
+\t    7f07 PyObject_VectorcallMethod+0x5
+\t    7f08 CPyDef_protocol___SMTPProtocol___flush+0x3
+\t    7f09 CPyDef_protocol___SMTPProtocol____pump+0x7
+
+\t    7f0a CPyDef_protocol___SMTPProtocol____pump+0x1
+
+\t    7f0b gc_collect_main+0x8
+\t    7f0c _PyObject_GC_Alloc+0x2
+"""
+
+
+def _perf_owners():  # type: ignore[no-untyped-def]
+    sys.path.insert(0, str(LOADTEST))
+    try:
+        import perf_owners
+    finally:
+        sys.path.pop(0)
+    return perf_owners
+
+
+def test_perf_owners_charges_each_sample_to_its_innermost_compiled_function() -> None:
+    tool = _perf_owners()
+    stacks = list(tool.samples(_PERF_SCRIPT.splitlines()))
+    assert len(stacks) == 4 and stacks[0][0] == "_PyObject_GenericGetAttrWithDict"
+    counts, total = tool.owners(stacks)
+    assert total == 4
+    assert counts == {"CPyDef_transaction___Transaction____commit": 1,
+                      "__pyx_f_6uvloop_4loop_8UVStream__try_write": 1,
+                      "CPyDef_protocol___SMTPProtocol____pump": 1,
+                      "(no compiled frame) gc_collect_main": 1}
+
+
+def test_perf_owners_splits_a_function_by_the_callee_it_went_through() -> None:
+    tool = _perf_owners()
+    counts, inside, total = tool.callees(tool.samples(_PERF_SCRIPT.splitlines()),
+                                         "CPyDef_protocol___SMTPProtocol____pump")
+    assert (inside, total) == (3, 4)
+    # The CPyPy_ and vectorcall frames between two functions are glue, not callees.
+    assert counts == {"CPyDef_transaction___Transaction____commit": 1, "CPyDef_protocol___SMTPProtocol___flush": 1,
+                      "(self)": 1}
