@@ -1,12 +1,13 @@
 """Build the compiled parts of the sans-IO core; everything else is in pyproject.toml.
 
-Two kinds of extension, both optional, both from sources in ``smtpfront/core/``:
+Two kinds of extension, both optional:
 
-- ``_scan.c``, the DATA streamer's two scans (memchr per line);
+- ``smtpfront/core/_scan.c``, the DATA streamer's two scans (memchr per line);
 - the core's hot modules compiled by mypyc from the same typed Python that runs without it
   (the session, the receive buffer, the parser, the streamer, events and replies), and with
-  them, in one group, the asyncio adapter's per-command modules (``smtpfront.aio``: the
-  protocol, the message transaction, flow control, the deadline, decisions, session start).
+  them, in one group, every other module a message or a connection runs through
+  (``core.COMPILED_WITH_CORE``: the asyncio adapter, the sink's writer, lane and record, the
+  ``Received:`` field, the session log's line, the held metrics).
 
 Without a working C compiler, or with ``SMTPFRONT_PURE_PYTHON=1``, the package installs as
 pure Python and behaves the same, about half as fast; ``smtpfront version`` and the serve
@@ -36,8 +37,8 @@ def _listed(name: str) -> list[str]:
 
 
 def compiled_sources() -> list[str]:
-    """The sources mypyc compiles into one group: the core's hot modules
-    (``COMPILED_MODULES``) and the adapter's that need the core's types (``COMPILED_WITH_CORE``)."""
+    """The sources mypyc compiles into one group: the core's hot modules (``COMPILED_MODULES``)
+    and the other per-message modules, which need the core's types (``COMPILED_WITH_CORE``)."""
     core = [f"smtpfront/core/{name}.py" for name in _listed("COMPILED_MODULES")]
     return core + [f"smtpfront/{name.replace('.', '/')}.py" for name in _listed("COMPILED_WITH_CORE")]
 

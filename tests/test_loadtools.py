@@ -3,10 +3,12 @@ notes, not in a test's pass or fail)."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 LOADTEST = Path(__file__).resolve().parent.parent / "loadtest"
 
@@ -54,13 +56,13 @@ _PERF_SCRIPT = """\
 """
 
 
-def _perf_owners():  # type: ignore[no-untyped-def]
-    sys.path.insert(0, str(LOADTEST))
-    try:
-        import perf_owners
-    finally:
-        sys.path.pop(0)
-    return perf_owners
+def _perf_owners() -> ModuleType:
+    """``loadtest/perf_owners.py`` as a module (it is a script, not in a package)."""
+    spec = importlib.util.spec_from_file_location("perf_owners", LOADTEST / "perf_owners.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_perf_owners_charges_each_sample_to_its_innermost_compiled_function() -> None:
